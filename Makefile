@@ -1,0 +1,52 @@
+# vaegan-ops: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?= quick
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-all lint format bench serve lock clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv and install the locked dependencies and the project
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e '.[dev]'
+	touch $@
+
+run: setup ## run the whole retraining pipeline (PROFILE=quick on CPU, PROFILE=full on a GPU)
+	$(BIN)/python -m pipelines.retrain --profile $(PROFILE)
+
+test: setup ## run the fast test suite
+	$(BIN)/pytest -m "not slow" -q
+
+test-all: setup ## run every test, slow ones included
+	$(BIN)/pytest -q
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check src pipelines bench tests tools
+	$(BIN)/ruff format --check src pipelines bench tests tools
+	$(BIN)/mypy
+
+format: setup ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src pipelines bench tests tools
+	$(BIN)/ruff format src pipelines bench tests tools
+
+bench: setup ## measure speed and memory of every stage (writes bench/results/<device>.json)
+	$(BIN)/python -m bench.run
+
+serve: setup ## start Prefect + MLflow servers on 127.0.0.1 and register the deployments
+	$(BIN)/python -m pipelines.serve
+
+lock: ## rewrite requirements.lock from the current .venv
+	$(BIN)/python tools/lock.py
+
+clean: ## remove outputs that DVC can rebuild (keeps the venv, the DVC cache and mlflow.db)
+	rm -rf data/raw data/prepared models/checkpoints reports metrics

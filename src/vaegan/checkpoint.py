@@ -1,0 +1,71 @@
+"""Self-describing checkpoints: one dict, written atomically, loaded without unpickling code.
+
+Layout (every value is a tensor, a container of tensors or a plain Python value):
+
+    format:         "vaegan-checkpoint/1"
+    kind:           "vaegan" (training state or final weights) | "evaluator"
+    model_args:     ModelArgs.to_dict()            (vaegan kind)
+    config:         Config.to_dict() of the run that wrote it
+    encoder, decoder, discriminator: state dicts   (vaegan kind)
+    state:          further entries the writer owns (optimizers, schedulers, step, epoch,
+                    RNG states, best metric, data sha256, ...)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaegan.atomic_io import atomic_path
+from vaegan.errors import CheckpointError
+from vaegan.networks import VAEGAN, ModelArgs, build_model
+
+FORMAT = "vaegan-checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Write `payload` (with `format` added) to `path` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], kind: str = "vaegan", map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; refuse anything that is not ours or not `kind`."""
+    ckpt_path = Path(path)
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt_path} does not exist")
+    try:
+        payload = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {ckpt_path} cannot be read: {exc}".splitlines()[0]) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {ckpt_path} is not a {FORMAT} file")
+    if payload.get("kind") != kind:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} holds a {payload.get('kind')!r} model, expected {kind!r}"
+        )
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -> VAEGAN:
+    """Rebuild the VAE/GAN the checkpoint describes and load its weights (eval mode)."""
+    try:
+        args = ModelArgs.from_dict(payload["model_args"])
+        model = build_model(args)
+        model.encoder.load_state_dict(payload["encoder"])
+        model.decoder.load_state_dict(payload["decoder"])
+        model.discriminator.load_state_dict(payload["discriminator"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{source} does not match the model it describes: {first}") from exc
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> VAEGAN:
+    """Load a VAE/GAN checkpoint file and rebuild its model."""
+    return model_from_checkpoint(load_checkpoint(path, "vaegan", map_location), str(path))

@@ -1,0 +1,341 @@
+"""One typed config object, built from params.yaml plus `--set key.sub=value` overrides.
+
+Every section is a frozen dataclass. Types come from the annotations, allowed values from
+`Literal[...]` and ranges from field metadata (`ge`, `gt`, `le`, `lt`). Any unknown key, wrong type
+or out-of-range value raises `ConfigError` naming the key, before any work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from vaegan.errors import ConfigError
+
+Dataset = Literal["mnist", "fashion-mnist"]
+
+
+def _range(default: Any, **bounds: float) -> Any:
+    """A dataclass field with a default and numeric bounds (ge, gt, le, lt) in its metadata."""
+    return field(default=default, metadata=bounds)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Dataset = "mnist"
+    # auto | download | sample | a directory holding the four IDX files
+    source: str = "auto"
+    # Mirror base URLs tried in order; empty means torchvision's list for the dataset.
+    mirrors: tuple[str, ...] = ()
+    download_timeout_s: float = _range(30.0, gt=0)
+    raw_dir: str = "data/raw"
+    prepared_dir: str = "data/prepared"
+    val_fraction: float = _range(0.1, ge=0.0, lt=1.0)
+    seed: int = _range(0, ge=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: Literal["default", "seed"] = "default"
+    # None keeps the preset's latent size.
+    latent_dim: int | None = _range(None, ge=1, le=1024)
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    epochs: int = _range(3, ge=1)
+    batch_size: int = _range(128, ge=1)
+    lr: float = _range(1e-3, gt=0)
+    seed: int = _range(0, ge=0)
+    path: str = "models/evaluator.pt"
+    metrics_path: str = "metrics/evaluator.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: Literal["vaegan", "vae"] = "vaegan"
+    recon_loss: Literal["feature", "pixel", "both"] = "both"
+    pixel_loss: Literal["bce", "mse"] = "bce"
+    # Weight of the feature-space reconstruction term in the decoder loss (Larsen et al.'s gamma).
+    gamma: float = _range(1e-2, ge=0)
+    # Weight of the KL term (1.0 is the ELBO).
+    beta: float = _range(1.0, ge=0)
+    # Also use reconstructions as fakes for the discriminator, as in the paper.
+    gan_on_recon: bool = True
+    # Equilibrium gating of D and G updates from the authors' code.
+    equilibrium: bool = False
+    equilibrium_target: float = _range(0.68, gt=0)
+    equilibrium_margin: float = _range(0.35, ge=0)
+    epochs: int = _range(4, ge=1)
+    # 0 means run all epochs; otherwise stop after this many optimizer steps.
+    max_steps: int = _range(0, ge=0)
+    batch_size: int = _range(64, ge=1)
+    lr: float = _range(3e-4, gt=0)
+    lr_discriminator: float = _range(3e-4, gt=0)
+    beta1: float = _range(0.5, ge=0, lt=1)
+    beta2: float = _range(0.999, ge=0, lt=1)
+    # Exponential decay of all learning rates per epoch.
+    lr_decay: float = _range(1.0, gt=0, le=1)
+    seed: int = _range(0, ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    checkpoint_every: int = _range(200, ge=1)
+    log_every: int = _range(50, ge=1)
+    # 0 means the whole training split.
+    limit_train_images: int = _range(0, ge=0)
+    checkpoint_dir: str = "models/checkpoints"
+    model_path: str = "models/vaegan.pt"
+    metrics_path: str = "metrics/train.json"
+    # Per-epoch loss curves (a DVC plot).
+    history_path: str = "metrics/train_history.csv"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    num_samples: int = _range(10000, ge=2)
+    seed: int = _range(0, ge=0)
+    batch_size: int = _range(1000, ge=1)
+    feature_extractor: Literal["lenet", "inception"] = "lenet"
+    # pytorch-fid's FID Inception weights (pt_inception-2015-12-05-*.pth), a local file.
+    inception_weights: str | None = None
+    precision_recall_k: int = _range(3, ge=1)
+    # The model to evaluate; None means train.model_path.
+    checkpoint: str | None = None
+    metrics_path: str = "metrics/eval.json"
+    report_dir: str = "reports/eval"
+    # Metrics of the `vae` baseline to show beside this model in the report (a metrics JSON).
+    baseline_metrics: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = _range(18, ge=18)
+    dir: str = "models/onnx"
+    parity_tolerance: float = _range(1e-4, gt=0)
+    parity_batch_sizes: tuple[int, ...] = (1, 7, 256)
+    metrics_path: str = "metrics/export.json"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    decoder_name: str = "vaegan-decoder"
+    encoder_name: str = "vaegan-encoder"
+    # Relative FID improvement a challenger needs over the champion.
+    min_improvement: float = _range(0.02, ge=0, lt=1)
+    max_fid: float = _range(60.0, gt=0)
+    min_evaluator_accuracy: float = _range(0.95, ge=0, le=1)
+    # Relative FID degradation at a scheduled evaluation that fails the check.
+    max_fid_drift: float = _range(0.25, ge=0)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    # MLflow tracking URI; the MLFLOW_TRACKING_URI environment variable wins when set.
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "vaegan"
+    # Where a new experiment stores its artifacts (local stores only).
+    artifact_location: str = "mlartifacts"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), as it would appear in params.yaml."""
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value`, for logging params to MLflow."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.to_dict().items()
+            for key, value in values.items()
+        }
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {key: _plain(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(value) for value in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(arg) for arg in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against type `tp`; return it (ints widened to float where a float is wanted)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(tp)
+        return tuple(_coerce(f"{key}[{i}]", item, item_type) for i, item in enumerate(value))
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str) and value:
+            return value
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
+
+
+_BOUNDS = {
+    "ge": (lambda v, b: v >= b, ">="),
+    "gt": (lambda v, b: v > b, ">"),
+    "le": (lambda v, b: v <= b, "<="),
+    "lt": (lambda v, b: v < b, "<"),
+}
+
+
+def _check_bounds(key: str, value: Any, metadata: typing.Mapping[str, Any]) -> None:
+    if value is None:
+        return
+    for name, bound in metadata.items():
+        test, symbol = _BOUNDS[name]
+        if not test(value, bound):
+            raise ConfigError(f"{key}: {value!r} is out of range (must be {symbol} {bound})")
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{name}.{key}"
+        if key not in known:
+            raise ConfigError(f"{full}: unknown key (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(full, value, hints[key])
+        _check_bounds(full, kwargs[key], known[key].metadata)
+    return cls(**kwargs)
+
+
+def build_config(raw: Any) -> Config:
+    """Validate a nested dict (as parsed from params.yaml) and build the typed `Config`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: expected a mapping of sections, got {type(raw).__name__}")
+    hints = typing.get_type_hints(Config)
+    sections = {f.name for f in dataclasses.fields(Config)}
+    kwargs = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(sections))})")
+        kwargs[name] = _build_section(name, hints[name], values if values is not None else {})
+    config = Config(**kwargs)
+    _check_cross_field(config)
+    return config
+
+
+def _check_cross_field(config: Config) -> None:
+    if config.evaluate.feature_extractor == "inception" and not config.evaluate.inception_weights:
+        raise ConfigError(
+            "evaluate.inception_weights: required when evaluate.feature_extractor is 'inception'"
+        )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `key.sub=value` into its key path and YAML-parsed value."""
+    key, sep, value = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or len(path) != 2 or not all(path):
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.lr=0.001")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    return path, parsed
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Parse a params YAML file; a missing or malformed file is a `ConfigError`."""
+    params_path = Path(path)
+    try:
+        text = params_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"params file {params_path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"params file {params_path} cannot be read: {exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {params_path} is not valid YAML: {exc}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"params file {params_path}: expected a mapping of sections")
+    return raw or {}
+
+
+def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read params (a missing default `params.yaml` means all defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None and (Path(path).exists() or str(path) != "params.yaml"):
+        raw = read_params(path)
+    for text in overrides or []:
+        (section, key), value = parse_override(text)
+        section_values = raw.setdefault(section, {})
+        if section_values is None:
+            section_values = raw[section] = {}
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"{section}: expected a mapping of keys, got {section_values!r}")
+        section_values[key] = value
+    return build_config(raw)
+
+
+def default_params_yaml() -> str:
+    """The defaults as YAML (what `vaegan params` prints)."""
+    return yaml.safe_dump(Config().to_dict(), sort_keys=False)

@@ -1,0 +1,31 @@
+"""User-facing errors: each one ends a command with a one-line message and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class VaeganError(Exception):
+    """A problem the user can fix (bad params, bad data file, bad checkpoint). Exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(VaeganError):
+    """An unknown key, wrong type or out-of-range value in params or --set overrides."""
+
+
+class DataError(VaeganError):
+    """A missing, truncated or corrupted data file, or a failed download."""
+
+
+class CheckpointError(VaeganError):
+    """A checkpoint that is missing, unreadable or from an incompatible model."""
+
+
+class TrainingError(VaeganError):
+    """Training cannot go on (for example a non-finite loss)."""
+
+    exit_code = 1
+
+
+class RegistryError(VaeganError):
+    """The MLflow tracking server or model registry refused or failed a request."""

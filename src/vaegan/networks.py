@@ -1,0 +1,171 @@
+"""The three networks of the VAE/GAN (Larsen et al. 2016), sized for 28x28x1 images.
+
+- `Encoder`  q(z|x): x (B, 1, 28, 28) in [0, 1] -> (mu, logvar), each (B, latent_dim)
+- `Decoder`  G(z):   z (B, latent_dim) -> logits (B, 1, 28, 28); `decode` applies the sigmoid
+- `Discriminator` D(x): x -> (logit (B,), features Dis_l (B, C, 7, 7))
+
+Every size lives in `ModelArgs`, which is saved inside each checkpoint so that evaluation and
+export rebuild exactly the trained model. Strided transposed convolutions use k=4, s=2, p=1
+(28 -> 14 -> 7 and back) with no output_padding, which exports cleanly to ONNX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+IMAGE_SHAPE = (1, 28, 28)
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Everything needed to rebuild the networks."""
+
+    latent_dim: int
+    channels: tuple[int, int]  # conv widths at 14x14 and 7x7
+    hidden: int  # dense layer between the conv trunk and (mu, logvar); 0 = none
+    batch_norm: bool
+    dis_channels: tuple[int, int, int]  # discriminator widths at 14x14, 7x7 and Dis_l (7x7)
+    dis_hidden: int  # dense layer after Dis_l in the discriminator
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(values) != names:
+            raise ValueError(f"model args keys {sorted(values)} do not match {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+PRESETS: dict[str, ModelArgs] = {
+    # The Keras VAE notebook: Conv2D 32 and 64 (stride 2), Dense 16, latent 2, no BatchNorm.
+    "seed": ModelArgs(
+        latent_dim=2, channels=(32, 64), hidden=16, batch_norm=False,
+        dis_channels=(32, 64, 64), dis_hidden=64,
+    ),
+    # The stronger model: wider trunk, BatchNorm, 32 latent dimensions.
+    "default": ModelArgs(
+        latent_dim=32, channels=(64, 128), hidden=512, batch_norm=True,
+        dis_channels=(64, 128, 128), dis_hidden=512,
+    ),
+}
+
+
+def model_args_for(preset: str, latent_dim: int | None = None) -> ModelArgs:
+    """The preset's args, with `latent_dim` replaced when given."""
+    args = PRESETS[preset]
+    return dataclasses.replace(args, latent_dim=latent_dim) if latent_dim is not None else args
+
+
+def _norm(channels: int, enabled: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if enabled else nn.Identity()
+
+
+class Encoder(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        c1, c2 = args.channels
+        self.trunk = nn.Sequential(
+            nn.Conv2d(1, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
+            _norm(c1, args.batch_norm),
+            nn.LeakyReLU(0.2) if args.batch_norm else nn.ReLU(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, 7, 7)
+            _norm(c2, args.batch_norm),
+            nn.LeakyReLU(0.2) if args.batch_norm else nn.ReLU(),
+            nn.Flatten(),
+        )
+        width = c2 * 7 * 7
+        if args.hidden:
+            self.hidden: nn.Module = nn.Sequential(nn.Linear(width, args.hidden), nn.ReLU())
+            width = args.hidden
+        else:
+            self.hidden = nn.Identity()
+        self.mu = nn.Linear(width, args.latent_dim)
+        self.logvar = nn.Linear(width, args.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.hidden(self.trunk(x))
+        return self.mu(h), self.logvar(h)
+
+
+class Decoder(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        c1, c2 = args.channels
+        self.c2 = c2
+        self.project = nn.Sequential(
+            nn.Linear(args.latent_dim, c2 * 7 * 7),
+            nn.BatchNorm1d(c2 * 7 * 7) if args.batch_norm else nn.Identity(),
+            nn.ReLU(),
+        )
+        self.body = nn.Sequential(
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
+            _norm(c1, args.batch_norm),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (B, 1, 28, 28) logits
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of the Bernoulli pixel means."""
+        h = self.project(z).view(z.shape[0], self.c2, 7, 7)
+        return self.body(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1]."""
+        return torch.sigmoid(self(z))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        c1, c2, c3 = args.dis_channels
+        self.trunk = nn.Sequential(
+            nn.Conv2d(1, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, 7, 7)
+            _norm(c2, args.batch_norm),
+            nn.LeakyReLU(0.2),
+        )
+        # Dis_l: the layer whose activations define the learned similarity metric.
+        self.features = nn.Conv2d(c2, c3, 3, stride=1, padding=1)  # (B, c3, 7, 7)
+        self.head = nn.Sequential(
+            _norm(c3, args.batch_norm),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(c3 * 7 * 7, args.dis_hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(args.dis_hidden, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit (B,), Dis_l features (B, c3, 7, 7))."""
+        features = self.features(self.trunk(x))
+        return self.head(features).squeeze(1), features
+
+
+class VAEGAN(nn.Module):
+    """The three networks together; the discriminator is unused by the `vae` objective."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.encoder = Encoder(args)
+        self.decoder = Decoder(args)
+        self.discriminator = Discriminator(args)
+
+
+def build_model(args: ModelArgs) -> VAEGAN:
+    """A freshly initialised model (DCGAN-style init: N(0, 0.02) conv/linear weights)."""
+    model = VAEGAN(args)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
