@@ -112,7 +112,7 @@ class EvaluateConfig:
     metrics_path: str = "metrics/eval.json"
     report_dir: str = "reports/eval"
     # Metrics of the `vae` baseline to show beside this model in the report (a metrics JSON).
-    baseline_metrics: str | None = None
+    baseline_metrics: str | None = "metrics/baseline/eval.json"
 
 
 @dataclass(frozen=True)

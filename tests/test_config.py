@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from vaegan.cli import main
+from vaegan.config import Config, load_config, parse_override
+from vaegan.errors import ConfigError
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def test_params_yaml_matches_defaults() -> None:
+    """The committed params.yaml spells out exactly the built-in defaults."""
+    assert load_config(REPO_PARAMS) == Config()
+
+
+def test_override_types_and_values(tmp_path: Path) -> None:
+    config = load_config(REPO_PARAMS, ["train.lr=0.01", "train.compile=true", "model.latent_dim=8",
+                                       "export.parity_batch_sizes=[2, 3]", "data.mirrors=[http://x/]"])
+    assert config.train.lr == 0.01
+    assert config.train.compile is True
+    assert config.model.latent_dim == 8
+    assert config.export.parity_batch_sizes == (2, 3)
+    assert config.data.mirrors == ("http://x/",)
+
+
+def test_int_is_accepted_for_float() -> None:
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=-0.1", "train.lr: -0.1 is out of range (must be > 0)"),
+        ("model.latent_dim=0", "model.latent_dim: 0 is out of range (must be >= 1)"),
+        ("data.dataset=cifar10", "data.dataset: 'cifar10' is not one of 'mnist' | 'fashion-mnist'"),
+        ("data.val_fraction=1.5", "data.val_fraction: 1.5 is out of range (must be < 1.0)"),
+        ("train.epochs=two", "train.epochs: expected an integer, got 'two'"),
+        ("train.compile=1", "train.compile: expected true or false, got 1"),
+        ("train.nope=1", "train.nope: unknown key"),
+        ("nosection.x=1", "nosection: unknown section"),
+        ("train=1", "expected section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|")):
+        load_config(None, [override])
+
+
+def test_inception_needs_weights() -> None:
+    with pytest.raises(ConfigError, match="evaluate.inception_weights"):
+        load_config(None, ["evaluate.feature_extractor=inception"])
+
+
+def test_missing_or_bad_params_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_parse_override_yaml_values() -> None:
+    assert parse_override("evaluate.inception_weights=null") == (["evaluate", "inception_weights"], None)
+    assert parse_override("data.source=/a/b=c") == (["data", "source"], "/a/b=c")
+
+
+def test_cli_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["params", "--params", str(REPO_PARAMS), "--set", "data.val_fraction=1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vaegan params: error: data.val_fraction: 1.5 is out of range (must be < 1.0)"]
