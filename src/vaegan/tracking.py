@@ -1,0 +1,71 @@
+"""MLflow at the edge: which tracking URI, which experiment, and clear errors when it is wrong.
+
+The URI comes from the MLFLOW_TRACKING_URI environment variable when set, else `tracking.uri`
+(default `sqlite:///mlflow.db`, relative to the working directory). A local store gets its
+artifacts under `tracking.artifact_location`; a server decides its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vaegan.errors import RegistryError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from vaegan.config import TrackingConfig
+
+LOCAL_SCHEMES = ("sqlite", "file", "")
+
+
+def tracking_uri(tracking: TrackingConfig) -> str:
+    """The MLflow tracking URI in effect (environment first, then params)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
+
+
+def _scheme(uri: str) -> str:
+    return uri.split(":", 1)[0] if "://" in uri else ""
+
+
+def _check_uri(uri: str) -> None:
+    scheme = _scheme(uri)
+    if scheme not in (*LOCAL_SCHEMES, "http", "https", "postgresql", "mysql", "mssql", "databricks"):
+        raise RegistryError(f"tracking URI {uri!r}: unsupported scheme {scheme!r}")
+    if scheme == "sqlite":
+        db_path = uri.removeprefix("sqlite:///")
+        parent = Path(db_path).parent
+        if db_path and not parent.exists():
+            raise RegistryError(f"tracking URI {uri!r}: directory {parent} does not exist")
+
+
+def connect(tracking: TrackingConfig) -> MlflowClient:
+    """An MlflowClient for the tracking URI in effect, checked to answer; sets mlflow's global URI."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(tracking)
+    _check_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # mlflow raises MlflowException, requests/sqlalchemy errors, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RegistryError(f"MLflow tracking URI {uri!r} is not reachable: {first}") from exc
+    return client
+
+
+def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str | None = None) -> str:
+    """The id of experiment `name` (default `tracking.experiment`), created when missing."""
+    experiment_name = name or tracking.experiment
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    artifact_location = None
+    if _scheme(tracking_uri(tracking)) in LOCAL_SCHEMES:
+        artifact_location = Path(tracking.artifact_location).resolve().as_uri()
+    return str(client.create_experiment(experiment_name, artifact_location=artifact_location))
