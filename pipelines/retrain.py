@@ -1,0 +1,152 @@
+"""The `retrain` flow: every DVC stage as its own Prefect task, then register, promote, push.
+
+    python -m pipelines.retrain                      # quick profile (CPU, a few minutes)
+    python -m pipelines.retrain --profile full       # the GPU-sized profile
+    python -m pipelines.retrain --set train.lr=0.001 --no-promote --remote myremote
+
+Stages run through `dvc repro <stage>` in dependency order, so an unchanged stage is skipped by
+DVC and dvc.lock records what ran. Params overrides are written into params.yaml first (as
+`dvc exp run -S` does in the workspace), so params.yaml and dvc.lock agree; commit both.
+Only the tasks that do I/O against a service (registry calls, `dvc push`) retry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from vaegan import dvc_stages
+from vaegan.config import Config, load_config
+
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+
+def profile_overrides(profile: str) -> dict[str, Any]:
+    """The `section.key -> value` overrides of a profile file under profiles/."""
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown profile {profile!r} (known: {', '.join(known)})")
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+
+
+@task(task_run_name="apply params")
+def apply_params(overrides: dict[str, Any]) -> dict[str, Any]:
+    changes = dvc_stages.apply_params(overrides)
+    logger = get_run_logger()
+    for key, (old, new) in changes.items():
+        logger.info("params.yaml: %s %r -> %r", key, old, new)
+    return {key: new for key, (_old, new) in changes.items()}
+
+
+@task(task_run_name="dvc repro {stage}")
+def repro(stage: str) -> dvc_stages.StageOutcome:
+    logger = get_run_logger()
+    outcome = dvc_stages.repro_stage(stage, ".", on_line=logger.info)
+    logger.info("stage %s %s in %.1f s", stage, "ran" if outcome.ran else "was cached", outcome.seconds)
+    return outcome
+
+
+@task(retries=2, retry_delay_seconds=10)
+def register(config: Config) -> Any:
+    from vaegan.registry import register_models
+
+    return register_models(config=config)
+
+
+@task(retries=2, retry_delay_seconds=10)
+def promote(config: Config) -> Any:
+    from vaegan.registry import promote_challenger
+
+    return promote_challenger(config=config)
+
+
+@task(retries=3, retry_delay_seconds=15)
+def push(remote: str | None) -> None:
+    dvc_stages.push(".", remote, on_line=get_run_logger().info)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    params: dict[str, Any] | None = None,
+    profile: str = "quick",
+    promote_model: bool = True,
+    push_remote: bool = True,
+    remote: str | None = None,
+    repo_dir: str = ".",
+) -> dict[str, Any]:
+    """Reproduce the DVC pipeline, register the exported models, promote when the gate passes,
+    and push the new artifacts to the DVC remote. Returns a summary dict."""
+    os.chdir(repo_dir)
+    overrides = {**profile_overrides(profile), **(params or {})}
+    changed = apply_params(overrides)
+    outcomes = [repro(stage) for stage in dvc_stages.PIPELINE_STAGES]
+    config = load_config("params.yaml")
+    registered = register(config)
+    decision = promote(config) if promote_model else None
+    if push_remote:
+        push(remote)
+    summary = {
+        "params_changed": changed,
+        "stages": {o.stage: {"ran": o.ran, "seconds": round(o.seconds, 1)} for o in outcomes},
+        "registered": registered,
+        "decision": decision,
+    }
+    create_markdown_artifact(key="retrain-summary", markdown=summary_markdown(summary, config))
+    return summary
+
+
+def summary_markdown(summary: dict[str, Any], config: Config) -> str:
+    """The Prefect artifact: stages, metrics vs champion, the promotion decision, links."""
+    lines = ["# Retrain summary", "", "| stage | status | seconds |", "| --- | --- | --- |"]
+    for stage, info in summary["stages"].items():
+        lines.append(f"| {stage} | {'ran' if info['ran'] else 'cached'} | {info['seconds']} |")
+    if summary["params_changed"]:
+        lines += [
+            "",
+            "Params changed: " + ", ".join(f"`{k}={v}`" for k, v in summary["params_changed"].items()),
+        ]
+    lines += ["", f"Registered: {summary['registered']}", "", f"Decision: {summary['decision']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", default="quick", help="params profile under profiles/ (quick | full)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param in params.yaml (repeatable)",
+    )
+    parser.add_argument("--no-promote", action="store_true", help="register but never move `champion`")
+    parser.add_argument("--no-push", action="store_true", help="skip `dvc push`")
+    parser.add_argument("--remote", default=None, help="DVC remote to push to (default: the default remote)")
+    args = parser.parse_args(argv)
+    params = {}
+    for text in args.overrides:
+        key, _, value = text.partition("=")
+        params[key] = yaml.safe_load(value)
+    retrain(
+        params=params,
+        profile=args.profile,
+        promote_model=not args.no_promote,
+        push_remote=not args.no_push,
+        remote=args.remote,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

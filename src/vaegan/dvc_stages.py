@@ -1,0 +1,175 @@
+"""Running the DVC pipeline from Python, one stage at a time, through DVC's command line.
+
+The command line is DVC's stable interface (treeverse/dvc#3278); one DVC command runs at a time in
+a workspace (DVC takes a lock). Params overrides are written into params.yaml before any stage
+runs, the way `dvc exp run -S` does in the workspace, so params.yaml and dvc.lock always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaegan.atomic_io import write_text
+from vaegan.config import load_config
+from vaegan.errors import ConfigError, VaeganError
+
+# dvc.yaml's stages in an order that respects their dependencies.
+PIPELINE_STAGES = (
+    "fetch",
+    "prepare",
+    "evaluator",
+    "train",
+    "train-baseline",
+    "evaluate-baseline",
+    "evaluate",
+    "export",
+)
+
+_RAN = re.compile(r"Running stage '([^']+)'")
+
+
+class StageFailed(VaeganError):
+    """A DVC stage exited non-zero; the message carries the stage's own error lines."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    stage: str
+    ran: bool  # False when DVC found nothing changed and skipped it
+    seconds: float
+    output: str
+
+
+def dvc_command(*args: str) -> list[str]:
+    """The argv that runs DVC from this interpreter's environment."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def _error_lines(output: str, limit: int = 12) -> str:
+    """The lines that explain a failure: the stage's own `error:` lines first, else the tail."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "Error" in line]
+    return "\n".join((errors or lines)[-limit:])
+
+
+def run_dvc(
+    args: list[str], repo_dir: str | os.PathLike[str], on_line: Callable[[str], None] | None = None
+) -> tuple[int, str]:
+    """Run one DVC command in `repo_dir`, streaming its output lines to `on_line`."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        dvc_command(*args),
+        cwd=repo_dir,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+    return process.wait(), "".join(lines)
+
+
+def repro_stage(
+    stage: str, repo_dir: str | os.PathLike[str] = ".", on_line: Callable[[str], None] | None = None
+) -> StageOutcome:
+    """`dvc repro <stage>`: runs it when its deps, params or code changed, else DVC skips it."""
+    started = time.perf_counter()
+    code, output = run_dvc(["repro", stage], repo_dir, on_line)
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise StageFailed(f"DVC stage '{stage}' failed (exit {code}):\n{_error_lines(output)}")
+    return StageOutcome(stage=stage, ran=stage in _RAN.findall(output), seconds=seconds, output=output)
+
+
+def push(
+    repo_dir: str | os.PathLike[str] = ".",
+    remote: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> str:
+    """`dvc push` of every tracked output to `remote` (DVC's default remote when None)."""
+    code, output = run_dvc(["push", *(["-r", remote] if remote else [])], repo_dir, on_line)
+    if code != 0:
+        raise StageFailed(f"dvc push failed (exit {code}):\n{_error_lines(output)}")
+    return output
+
+
+def apply_params(
+    overrides: Mapping[str, Any], repo_dir: str | os.PathLike[str] = "."
+) -> dict[str, tuple[Any, Any]]:
+    """Validate `section.key -> value` overrides and write them into params.yaml.
+
+    Comments and layout are kept (ruamel round trip); the file is rewritten only when a value
+    changes. Returns the changes as `key -> (old, new)`. An invalid override raises `ConfigError`
+    before anything is written.
+    """
+    from ruamel.yaml import YAML
+
+    params_path = Path(repo_dir) / "params.yaml"
+    as_text = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    new_config = load_config(params_path, as_text).to_dict()
+    old_config = load_config(params_path).to_dict()
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key in overrides:
+        section, name = key.split(".")
+        if old_config[section][name] != new_config[section][name]:
+            changes[key] = (old_config[section][name], new_config[section][name])
+    if not changes:
+        return changes
+    round_trip = YAML()
+    round_trip.preserve_quotes = True
+    round_trip.representer.add_representer(
+        type(None), lambda rep, _data: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    document = round_trip.load(params_path.read_text(encoding="utf-8")) or {}
+    for key, (_old, new) in changes.items():
+        section, name = key.split(".")
+        if section not in document or document[section] is None:
+            document[section] = {}
+        document[section][name] = _flow_style(new)
+    buffer = StringIO()
+    round_trip.dump(document, buffer)
+    write_text(params_path, buffer.getvalue())
+    if load_config(params_path).to_dict() != new_config:  # a bug here must not go unnoticed
+        raise ConfigError(f"{params_path}: rewriting the overrides did not give the expected params")
+    return changes
+
+
+def _flow_style(value: Any) -> Any:
+    """Lists as `[a, b]` on one line, the way params.yaml writes them."""
+    if not isinstance(value, list):
+        return value
+    from ruamel.yaml.comments import CommentedSeq
+
+    seq = CommentedSeq(value)
+    seq.fa.set_flow_style()
+    return seq
+
+
+def stage_lock_md5(stage: str, repo_dir: str | os.PathLike[str] = ".") -> str:
+    """The md5 of a stage's outputs as dvc.lock records them (joined when several), or `none`."""
+    lock_path = Path(repo_dir) / "dvc.lock"
+    if not lock_path.is_file():
+        return "none"
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
+    outs = lock.get("stages", {}).get(stage, {}).get("outs", [])
+    hashes = [str(out.get("md5")) for out in outs if out.get("md5")]
+    return ",".join(hashes) if hashes else "none"
