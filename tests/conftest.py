@@ -49,21 +49,35 @@ def tiny_config(tmp_path: Path, prepared_dir: Path, **sections: dict) -> Config:
     raw: dict[str, dict] = {
         "data": {"prepared_dir": str(prepared_dir), "raw_dir": str(tmp_path / "raw")},
         "model": {"preset": "seed"},
-        "evaluator": {"epochs": 1, "path": str(tmp_path / "evaluator.pt"),
-                      "metrics_path": str(tmp_path / "metrics" / "evaluator.json")},
+        "evaluator": {
+            "epochs": 1,
+            "path": str(tmp_path / "evaluator.pt"),
+            "metrics_path": str(tmp_path / "metrics" / "evaluator.json"),
+        },
         "train": {
-            "epochs": 1, "batch_size": 32, "limit_train_images": 256, "device": "cpu",
-            "checkpoint_every": 4, "log_every": 2,
-            "checkpoint_dir": str(tmp_path / "checkpoints"), "model_path": str(tmp_path / "vaegan.pt"),
+            "epochs": 1,
+            "batch_size": 32,
+            "limit_train_images": 256,
+            "device": "cpu",
+            "checkpoint_every": 4,
+            "log_every": 2,
+            "checkpoint_dir": str(tmp_path / "checkpoints"),
+            "model_path": str(tmp_path / "vaegan.pt"),
             "metrics_path": str(tmp_path / "metrics" / "train.json"),
             "history_path": str(tmp_path / "metrics" / "train_history.csv"),
         },
-        "evaluate": {"num_samples": 200, "batch_size": 100, "baseline_metrics": None,
-                     "metrics_path": str(tmp_path / "metrics" / "eval.json"),
-                     "report_dir": str(tmp_path / "reports")},
+        "evaluate": {
+            "num_samples": 200,
+            "batch_size": 100,
+            "baseline_metrics": None,
+            "metrics_path": str(tmp_path / "metrics" / "eval.json"),
+            "report_dir": str(tmp_path / "reports"),
+        },
         "export": {"dir": str(tmp_path / "onnx"), "metrics_path": str(tmp_path / "metrics" / "export.json")},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                     "artifact_location": str(tmp_path / "mlartifacts")},
+        "tracking": {
+            "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "artifact_location": str(tmp_path / "mlartifacts"),
+        },
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)

@@ -15,8 +15,16 @@ def test_params_yaml_matches_defaults() -> None:
 
 
 def test_override_types_and_values(tmp_path: Path) -> None:
-    config = load_config(REPO_PARAMS, ["train.lr=0.01", "train.compile=true", "model.latent_dim=8",
-                                       "export.parity_batch_sizes=[2, 3]", "data.mirrors=[http://x/]"])
+    config = load_config(
+        REPO_PARAMS,
+        [
+            "train.lr=0.01",
+            "train.compile=true",
+            "model.latent_dim=8",
+            "export.parity_batch_sizes=[2, 3]",
+            "data.mirrors=[http://x/]",
+        ],
+    )
     assert config.train.lr == 0.01
     assert config.train.compile is True
     assert config.model.latent_dim == 8
@@ -43,7 +51,9 @@ def test_int_is_accepted_for_float() -> None:
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|")):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|")
+    ):
         load_config(None, [override])
 
 

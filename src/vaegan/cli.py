@@ -24,75 +24,98 @@ class Command:
 
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True,
+        "--model",
+        required=True,
         help="decoder ONNX file, or an MLflow model URI such as models:/vaegan-decoder@champion",
     )
     parser.add_argument("--n", type=int, default=64, help="number of images to generate (default 64)")
     parser.add_argument("--out", default="grid.png", help="PNG file to write (default grid.png)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default 0)")
     parser.add_argument(
-        "--tracking-uri", default=None,
+        "--tracking-uri",
+        default=None,
         help="MLflow tracking URI for models:/ URIs (default: MLFLOW_TRACKING_URI or tracking.uri)",
     )
 
 
 def _promote_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="print the gate's decision and reasons without moving any alias",
     )
 
 
 COMMANDS: tuple[Command, ...] = (
     Command(
-        "fetch", "vaegan.fetch:run", "put the dataset's four IDX files into data/raw/<dataset>/",
+        "fetch",
+        "vaegan.fetch:run",
+        "put the dataset's four IDX files into data/raw/<dataset>/",
         "Fetch the raw IDX files according to data.source (auto, download, sample or a directory)\n"
         "and write data/raw/<dataset>/SOURCE.json with where they came from and their sha256.",
     ),
     Command(
-        "prepare", "vaegan.prepare:run", "parse the IDX files into train/val/test uint8 arrays",
+        "prepare",
+        "vaegan.prepare:run",
+        "parse the IDX files into train/val/test uint8 arrays",
         "Validate and parse the raw IDX files, split the training set into train/val\n"
         "(data.val_fraction, data.seed), keep the official test set, and write data/prepared/.",
     ),
     Command(
-        "evaluator", "vaegan.evaluator:run", "train the LeNet classifier whose features FID uses",
+        "evaluator",
+        "vaegan.evaluator:run",
+        "train the LeNet classifier whose features FID uses",
         "Train the small LeNet-style classifier (deterministic, evaluator.* params) whose\n"
         "penultimate-layer features define the Frechet LeNet Distance, and save it.",
     ),
     Command(
-        "train", "vaegan.train:run", "train the VAE-GAN (or the `vae` baseline); resumes from last.pt",
+        "train",
+        "vaegan.train:run",
+        "train the VAE-GAN (or the `vae` baseline); resumes from last.pt",
         "Train with train.* and model.* params. Resumes automatically from\n"
         "train.checkpoint_dir/last.pt when its config matches. Under torchrun it runs DDP.",
     ),
     Command(
-        "evaluate", "vaegan.evaluate:run", "compute FID, reconstruction metrics and the report",
+        "evaluate",
+        "vaegan.evaluate:run",
+        "compute FID, reconstruction metrics and the report",
         "Evaluate the trained model: FID against the test set, reconstruction metrics,\n"
         "precision/recall, writes metrics/eval.json and reports/eval.md with images.",
     ),
     Command(
-        "export", "vaegan.export:run", "export encoder and decoder to ONNX and verify parity",
+        "export",
+        "vaegan.export:run",
+        "export encoder and decoder to ONNX and verify parity",
         "Export the encoder and decoder as ONNX graphs (dynamic batch), check them with\n"
         "onnx.checker and ONNX Runtime parity, and write metrics/export.json.",
     ),
     Command(
-        "register", "vaegan.registry:run_register", "register the ONNX models in MLflow as challenger",
+        "register",
+        "vaegan.registry:run_register",
+        "register the ONNX models in MLflow as challenger",
         "Register the exported encoder and decoder in the MLflow model registry with their\n"
         "metrics and provenance tags, and point the `challenger` alias at them.",
     ),
     Command(
-        "promote", "vaegan.registry:run_promote", "move `champion` to the challenger if the gate passes",
+        "promote",
+        "vaegan.registry:run_promote",
+        "move `champion` to the challenger if the gate passes",
         "Compare the challenger with the champion (registry.* params) and move the `champion`\n"
         "alias of encoder and decoder together when the gate passes.",
         add_arguments=_promote_arguments,
     ),
     Command(
-        "sample", "vaegan.sampling:run", "generate a PNG grid from a decoder with ONNX Runtime only",
+        "sample",
+        "vaegan.sampling:run",
+        "generate a PNG grid from a decoder with ONNX Runtime only",
         "Generate images from the prior with an exported decoder (a .onnx file or a models:/ URI),\n"
         "using onnxruntime and numpy alone, and write them as a PNG grid.",
         add_arguments=_sample_arguments,
     ),
     Command(
-        "params", "vaegan.cli:show_params", "print the resolved params (defaults + file + --set)",
+        "params",
+        "vaegan.cli:show_params",
+        "print the resolved params (defaults + file + --set)",
         "Print the config the other commands would use, after params file and --set overrides.",
     ),
 )
@@ -118,18 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--params", default="params.yaml", metavar="PATH",
+        "--params",
+        default="params.yaml",
+        metavar="PATH",
         help="params file (default params.yaml; built-in defaults when it is absent)",
     )
     common.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one param, e.g. --set train.lr=0.001 (repeatable)",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         cmd_parser = sub.add_parser(
-            command.name, parents=[common], help=command.help, description=command.description,
+            command.name,
+            parents=[common],
+            help=command.help,
+            description=command.description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if command.add_arguments is not None:
@@ -140,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resolve(target: str) -> Callable[..., int | None]:
     module_name, func_name = target.split(":")
-    return getattr(importlib.import_module(module_name), func_name)  # type: ignore[no-any-return]
+    handler: Callable[..., int | None] = getattr(importlib.import_module(module_name), func_name)
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """The prepared data set on disk: one uint8 array pair per split under `data.prepared_dir`.
 
-    <prepared_dir>/<split>-images.npy   (N, 28, 28) uint8
-    <prepared_dir>/<split>-labels.npy   (N,) uint8, classes 0..9
-    <prepared_dir>/stats.json           counts per split and class, pixel mean/std, sha256 of each file
-    <prepared_dir>/examples.png         a grid of real examples, one row per class
+<prepared_dir>/<split>-images.npy   (N, 28, 28) uint8
+<prepared_dir>/<split>-labels.npy   (N,) uint8, classes 0..9
+<prepared_dir>/stats.json           counts per split and class, pixel mean/std, sha256 of each file
+<prepared_dir>/examples.png         a grid of real examples, one row per class
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def load_split(prepared_dir: str | os.PathLike[str], split: str) -> Split:
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{images_path}: expected uint8 (N, 28, 28), got {images.dtype} {images.shape}")
     if labels.dtype != np.uint8 or labels.shape != (images.shape[0],):
-        raise DataError(f"{labels_path}: expected uint8 ({images.shape[0]},), got {labels.dtype} {labels.shape}")
+        raise DataError(
+            f"{labels_path}: expected uint8 ({images.shape[0]},), got {labels.dtype} {labels.shape}"
+        )
     return Split(images=images, labels=labels)
 
 
