@@ -49,9 +49,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
-    epochs: int = _range(3, ge=1)
+    epochs: int = _range(5, ge=1)
     batch_size: int = _range(128, ge=1)
-    lr: float = _range(1e-3, gt=0)
+    # Peak learning rate (Adam; linear warm-up then cosine decay).
+    lr: float = _range(5e-3, gt=0)
+    # Random translation of training images by up to this many pixels (augmentation).
+    max_shift: int = _range(2, ge=0, le=8)
     seed: int = _range(0, ge=0)
     path: str = "models/evaluator.pt"
     metrics_path: str = "metrics/evaluator.json"
