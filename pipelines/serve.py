@@ -1,0 +1,144 @@
+"""`make serve`: a local Prefect server, an MLflow server and the deployments, all on 127.0.0.1.
+
+    python -m pipelines.serve                         # Prefect UI :4200, MLflow UI :5000
+    python -m pipelines.serve --prefect-port 4300 --mlflow-port 5300
+
+It starts `prefect server start` and `mlflow server` as child processes (unless PREFECT_API_URL /
+MLFLOW_TRACKING_URI already point at servers: then it uses those), waits until both answer, and
+serves two deployments from this process, which also executes their runs:
+
+- `retrain/on-demand`: the retraining flow, run from the UI or `prefect deployment run`;
+- `evaluate-champion/daily`: the champion's scheduled evaluation (cron, default 06:00 every day).
+
+Teams with a shared Prefect server and work pools use prefect.yaml (`prefect deploy --all`) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+DAILY_CRON = "0 6 * * *"
+
+
+def build_deployments(cron: str = DAILY_CRON) -> list[Any]:
+    """The two deployments: on-demand retraining and the scheduled champion evaluation."""
+    from pipelines.evaluate_champion import evaluate_champion
+    from pipelines.retrain import retrain
+
+    return [
+        retrain.to_deployment(
+            name="on-demand", tags=["vaegan"], description="Reproduce the DVC pipeline, register, promote."
+        ),
+        evaluate_champion.to_deployment(
+            name="daily",
+            cron=cron,
+            tags=["vaegan"],
+            description="Evaluate the champion on the current test data.",
+        ),
+    ]
+
+
+def wait_until_up(url: str, what: str, timeout_s: float) -> None:
+    """Poll `url` until it answers 200, or raise with the server named."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def background(argv: list[str], log_path: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `argv` as a child process for the duration of the block, its output in `log_path`."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address the servers bind to (default 127.0.0.1)")
+    parser.add_argument("--prefect-port", type=int, default=4200)
+    parser.add_argument("--mlflow-port", type=int, default=5000)
+    parser.add_argument(
+        "--cron", default=DAILY_CRON, help=f"schedule of evaluate-champion (default {DAILY_CRON!r})"
+    )
+    parser.add_argument(
+        "--startup-timeout", type=float, default=300.0, help="seconds to wait for each server"
+    )
+    args = parser.parse_args(argv)
+    os.makedirs(".serve", exist_ok=True)
+    bin_dir = os.path.dirname(sys.executable)
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
+            mlflow_url = f"http://{args.host}:{args.mlflow_port}"
+            stack.enter_context(
+                background(
+                    [
+                        os.path.join(bin_dir, "mlflow"),
+                        "server",
+                        "--host",
+                        args.host,
+                        "--port",
+                        str(args.mlflow_port),
+                        "--backend-store-uri",
+                        "sqlite:///mlflow.db",
+                        "--artifacts-destination",
+                        "mlartifacts",
+                    ],
+                    ".serve/mlflow.log",
+                )
+            )
+            wait_until_up(f"{mlflow_url}/health", "MLflow server", args.startup_timeout)
+            os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
+        if not os.environ.get("PREFECT_API_URL"):
+            prefect_api = f"http://{args.host}:{args.prefect_port}/api"
+            stack.enter_context(
+                background(
+                    [
+                        os.path.join(bin_dir, "prefect"),
+                        "server",
+                        "start",
+                        "--host",
+                        args.host,
+                        "--port",
+                        str(args.prefect_port),
+                    ],
+                    ".serve/prefect.log",
+                )
+            )
+            wait_until_up(f"{prefect_api}/health", "Prefect server", args.startup_timeout)
+            os.environ["PREFECT_API_URL"] = prefect_api
+        print(f"MLflow UI:  {os.environ['MLFLOW_TRACKING_URI']}")
+        print(f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}")
+        from prefect import serve
+
+        serve(*build_deployments(args.cron))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
