@@ -40,7 +40,8 @@ class ModelArgs:
         names = {f.name for f in dataclasses.fields(cls)}
         if set(values) != names:
             raise ValueError(f"model args keys {sorted(values)} do not match {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        converted: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**converted)
 
 
 PRESETS: dict[str, ModelArgs] = {
