@@ -369,7 +369,7 @@ def _copy_directory(
             path, raw = gz_path, gz_path.read_bytes()
         elif plain_path.is_file():
             path = plain_path
-            raw = gzip.compress(plain_path.read_bytes(), compresslevel=9, mtime=0)  # deterministic bytes
+            raw = gzip.compress(plain_path.read_bytes(), compresslevel=6, mtime=0)  # deterministic bytes
         else:
             raise DataError(f"data.source: {directory} holds neither {name} nor {plain_path.name}")
         described = describe_idx_gz(raw, role, str(path))
