@@ -91,6 +91,8 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     checkpoint_every: int = _range(200, ge=1)
+    # auto: resume checkpoint_dir/last.pt when its params match; never: always start fresh.
+    resume: Literal["auto", "never"] = "auto"
     log_every: int = _range(50, ge=1)
     # 0 means the whole training split.
     limit_train_images: int = _range(0, ge=0)
@@ -110,6 +112,7 @@ class EvaluateConfig:
     # pytorch-fid's FID Inception weights (pt_inception-2015-12-05-*.pth), a local file.
     inception_weights: str | None = None
     precision_recall_k: int = _range(3, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # The model to evaluate; None means train.model_path.
     checkpoint: str | None = None
     metrics_path: str = "metrics/eval.json"
