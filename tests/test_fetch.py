@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from vaegan.datasets import DATASETS, MNIST, SAMPLE_SHA256
-from vaegan.errors import DataError
+from vaegan.errors import ConfigError, DataError
 from vaegan.fetch import SOURCE_FILE, DownloadUnavailable, fetch_dataset
 
 NAMES = MNIST.file_names
@@ -175,6 +176,43 @@ def test_down_mirror_then_good_mirror(tmp_path: Path, mirror_root: Path, sample_
     assert list(record["failed_urls"]) == [down + NAMES[0]]
     assert "refused" in record["failed_urls"][down + NAMES[0]].lower()
     assert result.record == record
+
+
+def test_silent_mirror_times_out_then_good_mirror(
+    tmp_path: Path, mirror_root: Path, sample_md5: dict[str, str]
+) -> None:
+    """A mirror that accepts the connection but never answers costs one timeout, then is skipped."""
+    with socket.socket() as silent, serve(mirror_root) as url:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes handshakes; nobody ever reads or writes
+        stalled = f"http://127.0.0.1:{silent.getsockname()[1]}/mnist/"
+        started = time.monotonic()
+        fetch_dataset(
+            dataset="mnist",
+            source="download",
+            raw_dir=tmp_path / "raw",
+            mirrors=[stalled, url],
+            timeout_s=0.5,
+            expected_md5=sample_md5,
+        )
+        elapsed = time.monotonic() - started
+    record = read_source(tmp_path / "raw" / "mnist")
+    assert record["mirrors_used"] == [url]
+    assert list(record["failed_urls"]) == [stalled + NAMES[0]]
+    assert "timed out" in record["failed_urls"][stalled + NAMES[0]]
+    assert 0.5 <= elapsed < 5
+
+
+def test_mirror_must_be_a_url(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"data.mirrors\[1\]: '/srv/mnist' is not an http\(s\), ftp or file URL"
+    ):
+        fetch_dataset(
+            dataset="mnist",
+            source="download",
+            raw_dir=tmp_path,
+            mirrors=["http://127.0.0.1:9/", "/srv/mnist"],
+        )
 
 
 def test_mirror_without_the_file_then_good_mirror(

@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from vaegan.datasets import (
     dataset_spec,
     sample_directory,
 )
-from vaegan.errors import DataError
+from vaegan.errors import ConfigError, DataError
 from vaegan.idx import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
@@ -59,6 +60,7 @@ SOURCE_FILE = "SOURCE.json"
 SOURCE_FORMAT = "vaegan-raw-source/1"
 KEYWORD_SOURCES = ("auto", "download", "sample")
 _CHUNK = 1 << 16
+_URL_SCHEMES = ("http", "https", "ftp", "file")
 
 
 class DownloadUnavailable(DataError):
@@ -97,6 +99,9 @@ def fetch_dataset(
     target = Path(raw_dir) / spec.name
     md5_table = dict(spec.md5 if expected_md5 is None else expected_md5)
     mirror_list = tuple(mirrors) or spec.mirrors
+    for index, mirror in enumerate(mirror_list):
+        if urllib.parse.urlsplit(mirror).scheme not in _URL_SCHEMES:
+            raise ConfigError(f"data.mirrors[{index}]: {mirror!r} is not an http(s), ftp or file URL")
 
     def download(staging: Path) -> dict[str, Any]:
         return _download_files(staging, spec, mirror_list, timeout_s, md5_table, progress)
