@@ -1,0 +1,148 @@
+"""Reproducibility of `vaegan train` on CPU, through the real CLI in subprocesses:
+
+- two runs with the same params and data end with bitwise-identical weights and optimizer states;
+- a run killed with SIGKILL after its first checkpoint, then started again, resumes and ends
+  bitwise identical to the uninterrupted run, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO_ROOT, tiny_config
+from vaegan.checkpoint import load_checkpoint
+
+# 512 images / batch 16 = 32 steps per epoch, 2 epochs: 64 steps, a checkpoint every 5.
+TRAIN = {"limit_train_images": 512, "batch_size": 16, "epochs": 2, "checkpoint_every": 5, "log_every": 4}
+
+
+def prepare_run(root: Path, prepared: Path, migrated_db: Path) -> tuple[Path, dict[str, str]]:
+    root.mkdir(parents=True)
+    config = tiny_config(root, prepared, train=TRAIN)
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(config.to_dict()))
+    shutil.copy(migrated_db, root / "mlflow.db")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "PYTHONHASHSEED": "0"}
+    env.pop("WORLD_SIZE", None)
+    return params, env
+
+
+def train_command(params: Path) -> list[str]:
+    return [sys.executable, "-m", "vaegan", "train", "--params", str(params)]
+
+
+def run_to_completion(params: Path, env: dict[str, str]) -> None:
+    done = subprocess.run(
+        train_command(params), env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def assert_same(a: Any, b: Any, where: str = "") -> None:
+    """Recursive equality, with torch.equal for tensors."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where} keys differ"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where} lengths differ"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def training_state(root: Path) -> dict[str, Any]:
+    """What must match between runs: weights, optimizer and scheduler states, step, loss history."""
+    final = load_checkpoint(root / "vaegan.pt")
+    last = load_checkpoint(root / "checkpoints" / "last.pt")
+    losses = (
+        "loss_prior",
+        "loss_llike",
+        "loss_pixel",
+        "loss_dis",
+        "loss_gan",
+        "d_real",
+        "d_fake",
+        "val_loss",
+    )
+    return {
+        "weights": {net: final[net] for net in ("encoder", "decoder", "discriminator")},
+        "last_weights": {net: last[net] for net in ("encoder", "decoder", "discriminator")},
+        "optimizers": last["state"]["optimizers"],
+        "schedulers": last["state"]["schedulers"],
+        "step": last["state"]["step"],
+        "history": [[row[k] for k in losses] for row in last["state"]["history"]],
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, small_prepared_dir: Path, _migrated_mlflow_db: Path
+) -> Path:
+    """An uninterrupted run."""
+    root = tmp_path_factory.mktemp("reference") / "run"
+    params, env = prepare_run(root, small_prepared_dir, _migrated_mlflow_db)
+    run_to_completion(params, env)
+    return root
+
+
+def test_two_runs_are_bitwise_identical(
+    reference: Path, tmp_path: Path, small_prepared_dir: Path, _migrated_mlflow_db: Path
+) -> None:
+    params, env = prepare_run(tmp_path / "again", small_prepared_dir, _migrated_mlflow_db)
+    run_to_completion(params, env)
+    ref, again = training_state(reference), training_state(tmp_path / "again")
+    assert ref["step"] == 64 and len(ref["history"]) == 2
+    assert_same(ref, again, "state")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(
+    reference: Path, tmp_path: Path, small_prepared_dir: Path, _migrated_mlflow_db: Path
+) -> None:
+    root = tmp_path / "killed"
+    params, env = prepare_run(root, small_prepared_dir, _migrated_mlflow_db)
+    last = root / "checkpoints" / "last.pt"
+    process = subprocess.Popen(
+        train_command(params), env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 240
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    interrupted = load_checkpoint(last)["state"]
+    assert not interrupted["completed"] and 5 <= interrupted["step"] < 64
+    assert not (root / "vaegan.pt").exists()
+
+    resumed = subprocess.run(
+        train_command(params), env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {last} at step" in resumed.stderr
+    assert_same(training_state(reference), training_state(root), "state")
+    final_state = load_checkpoint(last)["state"]
+    assert final_state["mlflow_run_id"] == interrupted["mlflow_run_id"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("vaegan").experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "step/loss_pixel")}
+    assert steps == set(range(4, 65, 4))  # every logging step, before and after the kill
