@@ -445,7 +445,7 @@ def fit_vaegan(
     )
     if divergence != 0.0:
         raise TrainingError(f"DDP ranks ended with different weights (max |difference| {divergence:.3g})")
-    metrics_out = final_metrics(state, settings, step, per_epoch, device, ctx)
+    metrics_out = final_metrics(state, settings, step, per_epoch, device, ctx, divergence)
     final_payload = make_payload(completed=True)
     final_payload["state"]["final_metrics"] = metrics_out
     if ctx.is_main:
@@ -465,6 +465,7 @@ def final_metrics(
     per_epoch: int,
     device: torch.device,
     ctx: Distributed,
+    divergence: float = 0.0,
 ) -> dict[str, Any]:
     """The metrics JSON of a run: last epoch's losses, budget, throughput and timing."""
     last = state["history"][-1] if state["history"] else {}
@@ -481,7 +482,7 @@ def final_metrics(
         wall_time_s=state["train_wall_s"],
         device=device.type,
         world_size=ctx.world_size,
-        ddp_max_weight_difference=0.0,
+        ddp_max_weight_difference=divergence,
     )
     return metrics
 
