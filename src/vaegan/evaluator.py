@@ -51,6 +51,7 @@ class EvaluatorArgs:
     """Everything needed to rebuild the classifier."""
 
     channels: tuple[int, int] = (32, 64)
+    conv2_padding: int = 2  # 2 keeps 14x14 (-> 7x7 after pooling); 0 gives 10x10 (-> 5x5)
     hidden: int = 128  # the FID feature dimension
     dropout: float = 0.25
     num_classes: int = 10
@@ -74,15 +75,16 @@ class LeNet(nn.Module):
         super().__init__()
         self.args = args
         c1, c2 = args.channels
+        side = (14 + 2 * args.conv2_padding - 4) // 2
         self.trunk = nn.Sequential(
             nn.Conv2d(1, c1, 5, padding=2),  # (B, c1, 28, 28)
             nn.ReLU(),
             nn.MaxPool2d(2),  # (B, c1, 14, 14)
-            nn.Conv2d(c1, c2, 5, padding=2),  # (B, c2, 14, 14)
+            nn.Conv2d(c1, c2, 5, padding=args.conv2_padding),  # (B, c2, side * 2, side * 2)
             nn.ReLU(),
-            nn.MaxPool2d(2),  # (B, c2, 7, 7)
+            nn.MaxPool2d(2),  # (B, c2, side, side)
             nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, args.hidden),  # fc1
+            nn.Linear(c2 * side * side, args.hidden),  # fc1
             nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Dropout(args.dropout), nn.Linear(args.hidden, args.num_classes))
