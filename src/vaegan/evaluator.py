@@ -3,10 +3,10 @@ Fréchet LeNet Distance (TF-GAN's `mnist_frechet_distance` idea), and which labe
 
 Architecture (input (B, 1, 28, 28) in [0, 1], normalised inside the network):
 
-    conv 5x5 (c1) + ReLU + maxpool 2   -> (B, c1, 14, 14)
-    conv 5x5 (c2) + ReLU + maxpool 2   -> (B, c2, 7, 7)
-    flatten + linear (hidden) + ReLU   -> (B, hidden)  = the FID features ("fc1", 128-d by default)
-    dropout + linear (10)              -> logits
+    conv 5x5 pad 2 (c1=32) + ReLU + maxpool 2   -> (B, 32, 14, 14)
+    conv 5x5 pad 0 (c2=64) + ReLU + maxpool 2   -> (B, 64, 5, 5)
+    flatten + linear (hidden=128) + ReLU        -> (B, 128)  = the FID features ("fc1")
+    dropout 0.25 + linear (10)                  -> logits
 
 Training is deterministic: CPU, a fixed seed for initialisation, shuffling and dropout, and the
 RNG state of the caller restored afterwards. The checkpoint is a `kind="evaluator"` payload of
@@ -51,7 +51,7 @@ class EvaluatorArgs:
     """Everything needed to rebuild the classifier."""
 
     channels: tuple[int, int] = (32, 64)
-    conv2_padding: int = 2  # 2 keeps 14x14 (-> 7x7 after pooling); 0 gives 10x10 (-> 5x5)
+    conv2_padding: int = 0  # 0: 14x14 -> 10x10 (-> 5x5 after pooling); 2 keeps 14x14 (-> 7x7)
     hidden: int = 128  # the FID feature dimension
     dropout: float = 0.25
     num_classes: int = 10
