@@ -45,7 +45,7 @@ ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("recon_bce", "Reconstruction BCE (nats/image)", "lower", "Bernoulli negative log-likelihood"),
     ("psnr", "PSNR (dB)", "higher", "8-bit reconstructions vs test images, mean over images"),
     ("ssim", "SSIM", "higher", "11x11 Gaussian window, mean over images"),
-    ("kl", "KL(q(z|x) || p(z)) (nats/image)", "—", "rate of the encoder"),
+    ("kl", "KL(q(z\\|x) ‖ p(z)) (nats/image)", "—", "rate of the encoder"),
     ("label_consistency", "Label consistency", "higher", "evaluator labels x and its reconstruction alike"),
     ("evaluator_test_accuracy", "Evaluator test accuracy", "—", "the FID classifier on the test set"),
 )  # fmt: skip
