@@ -1,0 +1,255 @@
+"""Training throughput: `vaegan train`'s loop (`vaegan.train.fit_vaegan`) against a textbook loop.
+
+Both sides train the same networks (`vaegan.networks.build_model`) with the same losses, gradient
+routing and Adam settings, on 60,000 MNIST images:
+
+- project: `fit_vaegan` itself, with the data on the device, no per-step host syncs, noise drawn on
+  the device, one forward pass for all three networks; throughput is read from its own log windows
+  (`observer.on_log(..., images_per_s)`, timed between host syncs);
+- textbook: a DataLoader over a CPU TensorDataset (shuffle, drop_last), `.to(device)` per batch,
+  fp32 eager, the decoder and discriminator called once per input, the losses written inline, and
+  `.item()` on each loss every step (the usual logging), timed per window of steps.
+
+Each (implementation, preset, batch) runs in its own process (`python -m bench.training ...`) so
+that its peak host RSS (`ru_maxrss`) and GPU `max_memory_allocated` are its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EPOCH_IMAGES = 60_000
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many steps to run: `warmup_windows` untimed windows, then `windows` timed ones."""
+
+    window_steps: int
+    windows: int
+    warmup_windows: int = 1
+
+    @property
+    def total_steps(self) -> int:
+        return self.window_steps * (self.windows + self.warmup_windows)
+
+
+class _WindowObserver:
+    """Collects fit_vaegan's per-window throughput (its `images_per_s` log value)."""
+
+    def __init__(self) -> None:
+        self.images_per_s: list[float] = []
+
+    def on_log(self, step: int, values: dict[str, float]) -> None:
+        self.images_per_s.append(float(values["images_per_s"]))
+
+    def on_epoch(self, epoch: int, row: dict[str, Any], grids: dict[str, np.ndarray]) -> None:
+        pass
+
+    def on_checkpoint(self, payload: dict[str, Any]) -> None:
+        pass
+
+
+def project_throughput(
+    *,
+    preset: str,
+    batch: int,
+    images: np.ndarray,
+    device: torch.device,
+    schedule: Schedule,
+    precision: str = "fp32",
+    compile_model: bool = False,
+    channels_last: bool = False,
+) -> list[float]:
+    """Images/s of each timed window of `fit_vaegan` (the warm-up windows are dropped)."""
+    from vaegan.config import build_config
+    from vaegan.train import fit_vaegan
+
+    config = build_config(
+        {
+            "model": {"preset": preset},
+            "train": {
+                "batch_size": batch,
+                "epochs": 1000,
+                "max_steps": schedule.total_steps,
+                "log_every": schedule.window_steps,
+                "checkpoint_every": schedule.total_steps + 1,
+                "device": device.type,
+                "precision": precision,
+                "compile": compile_model,
+                "channels_last": channels_last,
+                "resume": "never",
+            },
+        }
+    )
+    observer = _WindowObserver()
+    fit_vaegan(config=config, train_images=images, val_images=images[:1000], device=device, observer=observer)
+    return observer.images_per_s[schedule.warmup_windows :]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def textbook_throughput(
+    *, preset: str, batch: int, images: np.ndarray, device: torch.device, schedule: Schedule
+) -> list[float]:
+    """Images/s of each timed window of the plain PyTorch loop described in the module docstring."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vaegan.networks import build_model, model_args_for
+
+    torch.manual_seed(0)
+    model = build_model(model_args_for(preset)).to(device).train()
+    enc, dec, dis = model.encoder, model.decoder, model.discriminator
+    betas = (0.5, 0.999)
+    opt_enc = torch.optim.Adam(enc.parameters(), lr=3e-4, betas=betas)
+    opt_dec = torch.optim.Adam(dec.parameters(), lr=3e-4, betas=betas)
+    opt_dis = torch.optim.Adam(dis.parameters(), lr=3e-4, betas=betas)
+    dataset = TensorDataset(torch.from_numpy(images).float().div(255.0).unsqueeze(1))
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
+    gamma, beta = 1e-2, 1.0
+
+    def step(x: torch.Tensor) -> list[float]:
+        mu, logvar = enc(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon_logits = dec(z)
+        prior_logits = dec(torch.randn_like(mu))
+        x_rec, x_p = torch.sigmoid(recon_logits), torch.sigmoid(prior_logits)
+        d_real, f_real = dis(x)
+        d_rec, f_rec = dis(x_rec)
+        d_p, _ = dis(x_p)
+        loss_prior = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).sum(1).mean()
+        loss_llike = 0.5 * ((f_rec - f_real) ** 2).flatten(1).sum(1).mean()
+        loss_pixel = F.binary_cross_entropy_with_logits(recon_logits, x, reduction="none").flatten(1)
+        loss_pixel = loss_pixel.sum(1).mean()
+        d_fake = torch.cat([d_p, d_rec])
+        loss_dis = F.binary_cross_entropy_with_logits(
+            d_real, torch.ones_like(d_real)
+        ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+        loss_gan = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+        loss_enc = beta * loss_prior + loss_llike + loss_pixel
+        loss_dec = gamma * loss_llike + loss_pixel + loss_gan
+        opt_enc.zero_grad()
+        opt_dec.zero_grad()
+        opt_dis.zero_grad()
+        loss_enc.backward(retain_graph=True, inputs=list(enc.parameters()))
+        loss_dec.backward(retain_graph=True, inputs=list(dec.parameters()))
+        loss_dis.backward(inputs=list(dis.parameters()))
+        opt_enc.step()
+        opt_dec.step()
+        opt_dis.step()
+        return [loss.item() for loss in (loss_prior, loss_llike, loss_pixel, loss_dis, loss_gan)]
+
+    rates: list[float] = []
+    steps_done = 0
+    window_start = time.perf_counter()
+    while steps_done < schedule.total_steps:
+        for (x,) in loader:
+            step(x.to(device))
+            steps_done += 1
+            if steps_done % schedule.window_steps == 0:
+                _sync(device)
+                now = time.perf_counter()
+                rates.append(schedule.window_steps * batch / (now - window_start))
+                window_start = now
+            if steps_done == schedule.total_steps:
+                break
+    return rates[schedule.warmup_windows :]
+
+
+def measure(
+    *, impl: str, preset: str, batch: int, schedule: Schedule, device_name: str = "auto",
+    num_images: int = EPOCH_IMAGES,
+) -> dict[str, Any]:  # fmt: skip
+    """Run one implementation in this process; throughput windows and this process's peak memory."""
+    from bench.data import real_images
+    from vaegan.devices import select_device
+
+    device = select_device(device_name)
+    images, source = real_images("train", num_images)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    settings: dict[str, Any] = {"precision": "fp32", "compile": False, "data": "CPU DataLoader, .to(device)"}
+    started = time.perf_counter()
+    if impl == "textbook":
+        rates = textbook_throughput(
+            preset=preset, batch=batch, images=images, device=device, schedule=schedule
+        )
+    else:
+        options = PROJECT_VARIANTS[impl]
+        settings = {
+            "precision": options.get("precision", "fp32"), "compile": options.get("compile_model", False),
+            "data": "on the device",
+        }  # fmt: skip
+        rates = project_throughput(
+            preset=preset, batch=batch, images=images, device=device, schedule=schedule, **options
+        )
+    wall = time.perf_counter() - started
+    return {
+        "impl": impl,
+        "preset": preset,
+        "batch": batch,
+        "device": str(device),
+        "images_per_s": rates,
+        "steps": schedule.total_steps,
+        "window_steps": schedule.window_steps,
+        "warmup_windows": schedule.warmup_windows,
+        "wall_s": wall,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "gpu_max_allocated_mib": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
+        "data": source,
+        "settings": settings,
+    }
+
+
+# The project's settings per variant; `project` is what a run on this device uses by default.
+PROJECT_VARIANTS: dict[str, dict[str, Any]] = {
+    "project": {},  # params.yaml's settings: fp32, eager
+    "project_bf16_compiled": {"precision": "bf16", "compile_model": True},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.training --impl ... --preset ... --batch ...`: prints one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", required=True, choices=["textbook", *PROJECT_VARIANTS])
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--window-steps", type=int, required=True)
+    parser.add_argument("--windows", type=int, required=True)
+    parser.add_argument("--warmup-windows", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=EPOCH_IMAGES, help="training images on the device")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    schedule = Schedule(args.window_steps, args.windows, args.warmup_windows)
+    result = measure(
+        impl=args.impl,
+        preset=args.preset,
+        batch=args.batch,
+        schedule=schedule,
+        device_name=args.device,
+        num_images=args.images,
+    )
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
