@@ -49,7 +49,7 @@ def project_fid(
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
         z = torch.randn(count, latent_dim, generator=generator).to(device)
-        fake_f.append(features(quantise(decoder.decode(z))))
+        fake_f.append(features(quantise(decoder.decode(z))))  # type: ignore[operator]
     stats_real = M.gaussian_statistics(np.concatenate(real_f))
     stats_fake = M.gaussian_statistics(np.concatenate(fake_f))
     return M.frechet_distance(*stats_real, *stats_fake)

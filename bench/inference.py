@@ -41,6 +41,7 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: st
         (example,),
         str(path),
         dynamo=True,
+        verbose=False,
         opset_version=OPSET,
         input_names=[input_name],
         output_names=outputs,
