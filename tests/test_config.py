@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,22 @@ def test_override_types_and_values(tmp_path: Path) -> None:
 
 def test_int_is_accepted_for_float() -> None:
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+def test_exponent_without_dot_is_a_float() -> None:
+    """YAML 1.1 reads `1e-4` as a string; a float param still takes it as a number."""
+    config = load_config(None, ["train.lr=1e-4", "export.parity_tolerance=5E-6"])
+    assert config.train.lr == 1e-4
+    assert config.export.parity_tolerance == 5e-6
+
+
+def test_quick_profile_is_the_embedded_defaults() -> None:
+    """`make run` (quick profile) must run exactly what params.yaml says."""
+    import yaml
+
+    profile = yaml.safe_load((REPO_PARAMS.parent / "profiles" / "quick.yaml").read_text())
+    overrides = [f"{key}={json.dumps(value)}" for key, value in profile.items()]
+    assert load_config(REPO_PARAMS, overrides) == load_config(REPO_PARAMS)
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,14 @@ Layout (every value is a tensor, a container of tensors or a plain Python value)
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vaegan.atomic_io import atomic_path
+from vaegan.atomic_io import write_bytes
 from vaegan.errors import CheckpointError
 from vaegan.networks import VAEGAN, ModelArgs, build_model
 
@@ -27,9 +28,14 @@ FORMAT = "vaegan-checkpoint/1"
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    """Write `payload` (with `format` added) to `path` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+    """Write `payload` (with `format` added) to `path` atomically.
+
+    Serialised in memory first: `torch.save` to a file records that file's (temporary) name in
+    the archive, which would make identical checkpoints differ byte for byte.
+    """
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(

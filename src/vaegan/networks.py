@@ -47,13 +47,21 @@ class ModelArgs:
 PRESETS: dict[str, ModelArgs] = {
     # The Keras VAE notebook: Conv2D 32 and 64 (stride 2), Dense 16, latent 2, no BatchNorm.
     "seed": ModelArgs(
-        latent_dim=2, channels=(32, 64), hidden=16, batch_norm=False,
-        dis_channels=(32, 64, 64), dis_hidden=64,
+        latent_dim=2,
+        channels=(32, 64),
+        hidden=16,
+        batch_norm=False,
+        dis_channels=(32, 64, 64),
+        dis_hidden=64,
     ),
     # The stronger model: wider trunk, BatchNorm, 32 latent dimensions.
     "default": ModelArgs(
-        latent_dim=32, channels=(64, 128), hidden=512, batch_norm=True,
-        dis_channels=(64, 128, 128), dis_hidden=512,
+        latent_dim=32,
+        channels=(64, 128),
+        hidden=512,
+        batch_norm=True,
+        dis_channels=(64, 128, 128),
+        dis_hidden=512,
     ),
 }
 

@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaegan.atomic_io import atomic_directory, write_bytes
+from vaegan.checkpoint import save_checkpoint
+
+
+def test_written_files_get_umask_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_bytes(tmp_path / "a.bin", b"x")
+        with atomic_directory(tmp_path / "d") as staging:
+            (staging / "f").write_bytes(b"y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("good")
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "dir"):
+        raise RuntimeError("stage failed")
+    with pytest.raises(TypeError):
+        write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_identical_checkpoints_are_identical_bytes(tmp_path: Path) -> None:
+    payload = {"kind": "vaegan", "weights": torch.arange(6.0).reshape(2, 3), "step": 3}
+    save_checkpoint(tmp_path / "a.pt", payload)
+    save_checkpoint(tmp_path / "b.pt", payload)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
