@@ -70,7 +70,10 @@ def run_dvc(
     args: list[str], repo_dir: str | os.PathLike[str], on_line: Callable[[str], None] | None = None
 ) -> tuple[int, str]:
     """Run one DVC command in `repo_dir`, streaming its output lines to `on_line`."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    # dvc.yaml's commands call `vaegan`: put this interpreter's scripts first on PATH, so the stages
+    # run with the same environment whether or not the virtualenv is activated.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         dvc_command(*args),
         cwd=repo_dir,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -86,10 +86,40 @@ def _fid(a: np.ndarray, b: np.ndarray) -> float:
     return M.frechet_distance(*M.gaussian_statistics(a), *M.gaussian_statistics(b))
 
 
+class Autoencoder(Protocol):
+    """What evaluation needs of a model: x -> (mu, logvar) and z -> pixel probabilities.
+
+    `TorchAutoencoder` wraps a trained `VAEGAN`; `vaegan.onnx_scoring.OnnxAutoencoder` wraps the
+    exported ONNX graphs, so the registry's artifacts are scored by the same code.
+    """
+
+    latent_dim: int
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchAutoencoder:
+    """A `VAEGAN`'s encoder and decoder (eval mode, on `device`) as an `Autoencoder`."""
+
+    def __init__(self, model: VAEGAN, device: torch.device) -> None:
+        self.model = model.eval().to(device)
+        self.device = device
+        self.latent_dim = model.args.latent_dim
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.model.encoder(x.to(self.device))
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder.decode(z.to(self.device))
+
+
 @torch.no_grad()
 def evaluate_model(
     *,
-    model: VAEGAN,
+    model: VAEGAN | Autoencoder,
     evaluator: LeNet,
     test: Split,
     val: Split,
@@ -103,7 +133,7 @@ def evaluate_model(
 ) -> Evaluation:
     """Measure `model` against the test split; `feature_extractor` None means the evaluator's fc1."""
     device = torch.device(device)
-    model = model.eval().to(device)
+    autoencoder = TorchAutoencoder(model, device) if isinstance(model, VAEGAN) else model
     evaluator = evaluator.eval().to(device)
     real, recon, val_set, fake = _Features(), _Features(), _Features(), _Features()
     sq_err = bce = 0.0
@@ -111,11 +141,10 @@ def evaluate_model(
     x_all = images_to_tensor(test.images)  # (N, 1, 28, 28) in [0, 1], exactly the 8-bit data
     for start in range(0, len(test), batch_size):
         x = x_all[start : start + batch_size].to(device)
-        mu, logvar = model.encoder(x)
-        logits = model.decoder(mu)  # reconstructions from the posterior mean
-        probs = torch.sigmoid(logits)
+        mu, logvar = autoencoder.encode(x)
+        probs = autoencoder.decode(mu).to(device)  # reconstructions from the posterior mean
         sq_err += float(((probs - x) ** 2).sum())
-        bce += float(F.binary_cross_entropy_with_logits(logits, x, reduction="sum"))
+        bce += float(F.binary_cross_entropy(probs.float(), x, reduction="sum"))  # log clamped at -100
         kl_parts.append(M.gaussian_kl(mu.cpu().numpy(), logvar.cpu().numpy()))
         mu_parts.append(mu.float().cpu().numpy())
         x_hat = quantise(probs)
@@ -127,12 +156,12 @@ def evaluate_model(
         val_set.add(x_val[start : start + batch_size].to(device), evaluator, feature_extractor)
 
     generator = torch.Generator().manual_seed(seed)
-    latent_dim = model.args.latent_dim
+    latent_dim = autoencoder.latent_dim
     kept: list[np.ndarray] = []
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
         z = torch.randn(count, latent_dim, generator=generator).to(device)  # CPU draws: device-independent
-        samples = quantise(model.decoder.decode(z))
+        samples = quantise(autoencoder.decode(z).to(device))
         fake.add(samples, evaluator, feature_extractor)
         if sum(len(k) for k in kept) < NUM_EXAMPLES:
             kept.append(to_uint8_tensor(samples[:, 0]))
