@@ -46,6 +46,18 @@ def _promote_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_champion_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seed", type=int, default=None, help="sampling seed (default: a fresh one, recorded in MLflow)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="ONNX Runtime device (default auto: CUDA when really active, else CPU)",
+    )
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "fetch",
@@ -111,6 +123,16 @@ COMMANDS: tuple[Command, ...] = (
         "Generate images from the prior with an exported decoder (a .onnx file or a models:/ URI),\n"
         "using onnxruntime and numpy alone, and write them as a PNG grid.",
         add_arguments=_sample_arguments,
+    ),
+    Command(
+        "check-champion",
+        "vaegan.champion_check:run",
+        "score the registry's champion on the current test data; exit 1 on drift",
+        "Load the champion encoder/decoder from the MLflow registry as ONNX (sha256 verified),\n"
+        "evaluate them with ONNX Runtime on the current test data with a fresh seed, log to the\n"
+        "MLflow experiment `scheduled-evaluation`, and fail when FID degraded beyond\n"
+        "registry.max_fid_drift relative to the FID recorded at promotion.",
+        add_arguments=_check_champion_arguments,
     ),
     Command(
         "params",

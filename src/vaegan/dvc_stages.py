@@ -115,6 +115,19 @@ def push(
     return output
 
 
+def pull(
+    targets: list[str],
+    repo_dir: str | os.PathLike[str] = ".",
+    remote: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> str:
+    """`dvc pull` of the outputs of `targets` (stages or paths) from `remote` (default remote)."""
+    code, output = run_dvc(["pull", *(["-r", remote] if remote else []), *targets], repo_dir, on_line)
+    if code != 0:
+        raise StageFailed(f"dvc pull {' '.join(targets)} failed (exit {code}):\n{_error_lines(output)}")
+    return output
+
+
 def apply_params(
     overrides: Mapping[str, Any], repo_dir: str | os.PathLike[str] = "."
 ) -> dict[str, tuple[Any, Any]]:
