@@ -32,7 +32,7 @@ from vaegan import onnx_runtime
 from vaegan.atomic_io import atomic_directory, atomic_path, write_json
 from vaegan.checkpoint import load_model
 from vaegan.config import Config
-from vaegan.errors import VaeganError
+from vaegan.errors import ConfigError, VaeganError
 from vaegan.networks import IMAGE_SHAPE, VAEGAN
 from vaegan.provenance import sha256_file
 
@@ -319,7 +319,7 @@ def export_model(
 ) -> ExportResult:
     """Export, check and time both graphs; replace `out_dir` only when every parity check passes."""
     if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise ParityError(f"parity batch sizes must be positive integers, got {list(batch_sizes)}")
+        raise ConfigError(f"export.parity_batch_sizes: need positive batch sizes, got {list(batch_sizes)}")
     cpu_model = copy.deepcopy(model).cpu().eval()
     torch_device = _torch_device(device)
     eager_model = copy.deepcopy(cpu_model).to(torch_device).eval()
