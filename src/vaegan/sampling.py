@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +39,16 @@ def is_model_uri(model: str) -> bool:
     return model.startswith(MODEL_URI_SCHEMES)
 
 
-def resolve_decoder(model: str, config: Config, tracking_uri: str | None) -> Path:
-    """A local decoder .onnx file for `--model` (a path, or a registry URI verified by sha256)."""
+def resolve_decoder(
+    model: str, config: Config, tracking_uri: str | None, download_dir: str | Path | None = None
+) -> Path:
+    """A local decoder .onnx file for `--model`: the path itself, or for a registry URI the
+    downloaded artifact (into `download_dir`) after its sha256 was verified."""
     if is_model_uri(model):
         from vaegan.registry import load_verified_onnx  # mlflow only on this branch
 
-        return Path(load_verified_onnx(model, config.tracking, tracking_uri=tracking_uri).path)
+        verified = load_verified_onnx(model, config.tracking, tracking_uri=tracking_uri, dst_dir=download_dir)
+        return Path(verified.path)
     path = Path(model)
     if not path.is_file():
         raise ConfigError(
@@ -57,15 +62,16 @@ def run(config: Config, args: argparse.Namespace) -> int:
     """Decode `--n` prior samples with the ONNX decoder and write them as one PNG grid to `--out`."""
     if args.n < 1:
         raise ConfigError(f"--n: {args.n} images requested, need at least 1")
-    decoder_path = resolve_decoder(args.model, config, args.tracking_uri)
-    session = onnx_runtime.create_session(decoder_path, "auto")
+    with tempfile.TemporaryDirectory(prefix="vaegan-sample-") as download_dir:
+        decoder_path = resolve_decoder(args.model, config, args.tracking_uri, download_dir)
+        session = onnx_runtime.create_session(decoder_path, "auto")  # loaded into memory here
     try:
         images = generate(session, args.n, args.seed)
     except CheckpointError as exc:
-        raise CheckpointError(f"{decoder_path}: {exc}") from exc
+        raise CheckpointError(f"{args.model}: {exc}") from exc
     write_png(args.out, image_grid(images, ncols=math.ceil(math.sqrt(args.n))))
     print(
-        f"wrote {args.n} images from {decoder_path} ({onnx_runtime.active_provider(session)}, "
+        f"wrote {args.n} images from {args.model} ({onnx_runtime.active_provider(session)}, "
         f"seed {args.seed}) to {args.out}"
     )
     return 0
