@@ -181,7 +181,7 @@ def log_check(config: Config, report: ChampionReport) -> str:
 
 def report_markdown(report: ChampionReport) -> str:
     """The Prefect artifact / console summary of one check."""
-    rows = [("fid", report.fid, report.promoted_fid)]
+    rows: list[tuple[str, Any, float | None]] = [("fid", report.fid, report.promoted_fid)]
     rows += [
         (key, report.metrics.get(key), None) for key in ("fid_recon", "precision", "recall", "psnr", "ssim")
     ]
