@@ -97,3 +97,16 @@ def test_cli_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["params", "--params", str(REPO_PARAMS), "--set", "data.val_fraction=1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["vaegan params: error: data.val_fraction: 1.5 is out of range (must be < 1.0)"]
+
+
+def test_params_reference_doc_is_current_and_complete() -> None:
+    """docs/params.md's reference is generated from params.yaml and lists every key of the config."""
+    import subprocess
+    import sys
+
+    tool = REPO_PARAMS.parent / "tools" / "params_doc.py"
+    check = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    doc = (REPO_PARAMS.parent / "docs" / "params.md").read_text()
+    missing = [key for key in Config().flat() if f"| `{key}` |" not in doc]
+    assert missing == []
