@@ -7,10 +7,10 @@ PROFILE ?= quick
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-all lint format bench serve lock clean
+.PHONY: help setup run evaluate-champion test test-all lint format bench serve ui lock clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies and the project
 
@@ -23,6 +23,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: setup ## run the whole retraining pipeline (PROFILE=quick on CPU, PROFILE=full on a GPU)
 	$(BIN)/python -m pipelines.retrain --profile $(PROFILE)
+
+evaluate-champion: setup ## score the registry's champion on the current test data (fails on drift)
+	$(BIN)/python -m pipelines.evaluate_champion
 
 test: setup ## run the fast test suite
 	$(BIN)/pytest -m "not slow" -q
@@ -44,6 +47,9 @@ bench: setup ## measure speed and memory of every stage (writes bench/results/<d
 
 serve: setup ## start Prefect + MLflow servers on 127.0.0.1 and register the deployments
 	$(BIN)/python -m pipelines.serve
+
+ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlflow.db (runs, metrics, registered models)
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db
 
 lock: ## rewrite requirements.lock from the current .venv
 	$(BIN)/python tools/lock.py
