@@ -36,6 +36,7 @@ from vaegan.provenance import sha256_file
 from vaegan.registry import (
     CHALLENGER,
     CHAMPION,
+    champion_metric_tags,
     champion_pair,
     load_verified_onnx,
     promote_challenger,
@@ -237,8 +238,12 @@ def test_worse_challenger_is_not_promoted_and_better_one_is(
     config: Config, artifacts: Artifacts, mlflow_uri: str
 ) -> None:
     client = MlflowClient(mlflow_uri, mlflow_uri)
+    assert champion_metric_tags(config=config) == {}
     register(config, artifacts, fid=30.0)
     assert promote_challenger(config=config).promoted
+    champion_metrics = champion_metric_tags(config=config)
+    assert champion_metrics["fid"] == "30.0"
+    assert champion_metrics["num_samples"] == "200"
     register(config, artifacts, fid=29.7)  # 1 % better: within registry.min_improvement
     dry = promote_challenger(config=config, dry_run=True)
     assert not dry.promoted and dry.dry_run and dry.record_run_id is None

@@ -97,7 +97,11 @@ class PromotionDecision:
             if self.previous_champion
             else "none"
         )
-        lines = [f"{verdict} (previous champion: {before})", *(f"  {reason}" for reason in self.reasons)]
+        prefix = "dry run, nothing changed: " if self.dry_run else ""
+        lines = [
+            f"{prefix}{verdict} (previous champion: {before})",
+            *(f"  {reason}" for reason in self.reasons),
+        ]
         if self.record_run_id:
             lines.append(f"  recorded in MLflow run {self.record_run_id}")
         return "\n".join(lines)
@@ -385,6 +389,20 @@ def _run_onnx(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndar
     return dict(zip(names, session.run(names, dict(inputs)), strict=True))
 
 
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """Silence ONNX Runtime's own log while MLflow test-loads the model with its recorded providers
+    (CUDA, then CPU): on a machine without a GPU it prints a CUDA load error before falling back,
+    which MLflow already reports as a warning."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)  # fatal only
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings and above
+
+
 @dataclass(frozen=True)
 class _LoggedOnnx:
     model_uri: str
@@ -401,13 +419,14 @@ def _log_onnx(client: MlflowClient, role: str, path: Path, latent_dim: int | Non
     from mlflow.models import infer_signature
 
     inputs, outputs = _example_io(path, latent_dim)
-    info = mlflow.onnx.log_model(
-        onnx.load(str(path)),
-        name=role,
-        signature=infer_signature(inputs, outputs),
-        input_example=inputs,
-        save_as_external_data=False,  # one self-contained model.onnx: one file, one sha256
-    )
+    with _quiet_onnxruntime():
+        info = mlflow.onnx.log_model(
+            onnx.load(str(path)),
+            name=role,
+            signature=infer_signature(inputs, outputs),
+            input_example=inputs,
+            save_as_external_data=False,  # one self-contained model.onnx: one file, one sha256
+        )
     location = client.get_logged_model(info.model_id).artifact_location if info.model_id else None
     if not location:
         raise RegistryError(f"MLflow did not report where the logged {role} model is stored")
@@ -842,6 +861,20 @@ def champion_pair(
     return loaded[0], loaded[1]
 
 
+def champion_metric_tags(*, config: Config) -> dict[str, str]:
+    """The champion decoder's `metric.<name>` tags as `{name: value}`; {} when there is no champion."""
+    client, uri = _connect(config.tracking)
+    with _mlflow_errors("read the champion"), registry_lock(uri, shared=True):
+        champion = _alias_version(client, config.registry.decoder_name, CHAMPION)
+    if champion is None:
+        return {}
+    return {
+        key.removeprefix("metric."): value
+        for key, value in champion.tags.items()
+        if key.startswith("metric.")
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI entries
 
@@ -859,6 +892,11 @@ def run_register(config: Config, args: argparse.Namespace) -> int:
 
 def run_promote(config: Config, args: argparse.Namespace) -> int:
     """`vaegan promote`: print the gate's decision and reasons; exit 0 whether or not it promoted."""
-    decision = promote_challenger(config=config, dry_run=bool(getattr(args, "dry_run", False)))
+    versions = getattr(args, "versions", None)  # (decoder, encoder), when the CLI offers --versions
+    decision = promote_challenger(
+        config=config,
+        dry_run=bool(getattr(args, "dry_run", False)),
+        versions=(str(versions[0]), str(versions[1])) if versions else None,
+    )
     print(decision.summary())
     return 0
