@@ -307,7 +307,7 @@ def model_card(role: str, io: str, tags: Mapping[str, str]) -> str:
         _metric_line("precision / recall", tags, "precision", "recall"),
         _metric_line("PSNR dB / SSIM (reconstructions)", tags, "psnr", "ssim"),
         _metric_line("recon MSE / BCE", tags, "recon_mse", "recon_bce"),
-        _metric_line("KL(q(z|x) || p(z))", tags, "kl"),
+        _metric_line("KL to the prior", tags, "kl"),
         _metric_line("evaluator test accuracy", tags, "evaluator_test_accuracy"),
         _metric_line("label consistency / sample class entropy", tags, "label_consistency",
                      "sample_class_entropy"),
