@@ -13,6 +13,7 @@ Only the tasks that do I/O against a service (registry calls, `dvc push`) retry.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,15 @@ from prefect.artifacts import create_markdown_artifact
 
 from vaegan import dvc_stages
 from vaegan.config import Config, load_config
+from vaegan.registry import (
+    PromotionDecision,
+    Registration,
+    champion_metric_tags,
+    promote_challenger,
+    register_models,
+)
+from vaegan.retrain_summary import RetrainSummary, summary_markdown
+from vaegan.tracking import tracking_uri
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
@@ -54,74 +64,90 @@ def repro(stage: str) -> dvc_stages.StageOutcome:
     return outcome
 
 
-@task(retries=2, retry_delay_seconds=10)
-def register(config: Config) -> Any:
-    from vaegan.registry import register_models
-
-    return register_models(config=config)
-
-
-@task(retries=2, retry_delay_seconds=10)
-def promote(config: Config) -> Any:
-    from vaegan.registry import promote_challenger
-
-    return promote_challenger(config=config)
+@task(retries=2, retry_delay_seconds=10, task_run_name="register in MLflow")
+def register(config: Config) -> Registration:
+    registration = register_models(config=config)
+    get_run_logger().info("registered %s", ", ".join(registration.model_uris.values()))
+    return registration
 
 
-@task(retries=3, retry_delay_seconds=15)
-def push(remote: str | None) -> None:
+@task(retries=2, retry_delay_seconds=10, task_run_name="champion metrics")
+def champion_metrics(config: Config) -> dict[str, Any]:
+    """The current champion's `metric.*` tags (before any promotion), {} when there is none."""
+    return champion_metric_tags(config=config)
+
+
+@task(retries=2, retry_delay_seconds=10, task_run_name="promote if the gate passes")
+def promote(config: Config, registration: Registration) -> PromotionDecision:
+    """The gate on exactly this run's registration (not whatever `challenger` points at now)."""
+    versions = (registration.decoder_version, registration.encoder_version)
+    decision = promote_challenger(config=config, versions=versions)
+    logger = get_run_logger()
+    logger.info("promotion: %s", "promoted" if decision.promoted else "champion kept")
+    for reason in decision.reasons:
+        logger.info("  %s", reason)
+    return decision
+
+
+@task(retries=3, retry_delay_seconds=15, task_run_name="dvc push")
+def push(remote: str | None) -> str:
     dvc_stages.push(".", remote, on_line=get_run_logger().info)
+    return remote or "default"
+
+
+def _read_json(path: str | None) -> dict[str, Any] | None:
+    if not path or not Path(path).is_file():
+        return None
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else None
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(
     params: dict[str, Any] | None = None,
-    profile: str = "quick",
+    profile: str | None = "quick",
     promote_model: bool = True,
     push_remote: bool = True,
     remote: str | None = None,
     repo_dir: str = ".",
 ) -> dict[str, Any]:
     """Reproduce the DVC pipeline, register the exported models, promote when the gate passes,
-    and push the new artifacts to the DVC remote. Returns a summary dict."""
+    and push the new artifacts to the DVC remote. Returns a digest of the run."""
     os.chdir(repo_dir)
-    overrides = {**profile_overrides(profile), **(params or {})}
+    overrides = {**(profile_overrides(profile) if profile else {}), **(params or {})}
     changed = apply_params(overrides)
     outcomes = [repro(stage) for stage in dvc_stages.PIPELINE_STAGES]
     config = load_config("params.yaml")
-    registered = register(config)
-    decision = promote(config) if promote_model else None
-    if push_remote:
-        push(remote)
-    summary = {
-        "params_changed": changed,
-        "stages": {o.stage: {"ran": o.ran, "seconds": round(o.seconds, 1)} for o in outcomes},
-        "registered": registered,
-        "decision": decision,
-    }
-    create_markdown_artifact(key="retrain-summary", markdown=summary_markdown(summary, config))
-    return summary
-
-
-def summary_markdown(summary: dict[str, Any], config: Config) -> str:
-    """The Prefect artifact: stages, metrics vs champion, the promotion decision, links."""
-    lines = ["# Retrain summary", "", "| stage | status | seconds |", "| --- | --- | --- |"]
-    for stage, info in summary["stages"].items():
-        lines.append(f"| {stage} | {'ran' if info['ran'] else 'cached'} | {info['seconds']} |")
-    if summary["params_changed"]:
-        lines += [
-            "",
-            "Params changed: " + ", ".join(f"`{k}={v}`" for k, v in summary["params_changed"].items()),
-        ]
-    lines += ["", f"Registered: {summary['registered']}", "", f"Decision: {summary['decision']}"]
-    return "\n".join(lines) + "\n"
+    registration = register(config)
+    previous = champion_metrics(config)
+    decision = promote(config, registration) if promote_model else None
+    pushed_to = push(remote) if push_remote else None
+    summary = RetrainSummary(
+        params_changed=changed,
+        stages=outcomes,
+        metrics=_read_json(config.evaluate.metrics_path) or {},
+        baseline=_read_json(config.evaluate.baseline_metrics),
+        registration=registration,
+        decision=decision,
+        tracking_uri=tracking_uri(config.tracking),
+        pushed_to=pushed_to,
+        champion_metrics=previous,
+    )
+    markdown = summary_markdown(summary)
+    create_markdown_artifact(key="retrain-summary", markdown=markdown, description="retrain summary")
+    print(markdown)
+    return summary.as_dict()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--profile", default="quick", help="params profile under profiles/ (quick | full)")
+    parser.add_argument(
+        "--profile",
+        default="quick",
+        help="params profile under profiles/ applied before the run (quick | full | none; default quick)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -140,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         params[key] = yaml.safe_load(value)
     retrain(
         params=params,
-        profile=args.profile,
+        profile=None if args.profile == "none" else args.profile,
         promote_model=not args.no_promote,
         push_remote=not args.no_push,
         remote=args.remote,

@@ -36,7 +36,10 @@ def build_deployments(cron: str = DAILY_CRON) -> list[Any]:
 
     return [
         retrain.to_deployment(
-            name="on-demand", tags=["vaegan"], description="Reproduce the DVC pipeline, register, promote."
+            name="on-demand",
+            tags=["vaegan"],
+            description="Reproduce the DVC pipeline, register, promote.",
+            concurrency_limit=1,  # DVC takes one command per workspace; promotions stay serialised
         ),
         evaluate_champion.to_deployment(
             name="daily",

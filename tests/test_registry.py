@@ -198,6 +198,11 @@ def test_register_promote_and_load_back(config: Config, artifacts: Artifacts, ml
         stored = Path(client.get_model_version_download_uri(name, "1").removeprefix("file://")) / "model.onnx"
         assert tags["onnx_sha256"] == sha256_file(stored)
 
+    # the same export and evaluation again (a pipeline re-run that DVC skipped): no new versions
+    again = register(config, artifacts, fid=30.0)
+    assert again.model_uris == registration.model_uris and again.run_id == registration.run_id
+    assert len(client.search_model_versions(f"name = '{DECODER}'")) == 1
+
     decision = promote_challenger(config=config)
     assert decision.promoted
     assert decision.previous_champion is None

@@ -490,6 +490,14 @@ def register_models(*, config: Config, repo_dir: str | Path = ".") -> Registrati
     registry = config.registry
     names = {"decoder": registry.decoder_name, "encoder": registry.encoder_name}
     client, uri = _connect(config.tracking)
+    with _mlflow_errors("look up earlier registrations"):
+        existing = _existing_registration(client, names, shared_tags, export_metrics)
+    if existing is not None:
+        log.info(
+            "this export (checkpoint %s) is already registered as %s: nothing to register",
+            provenance["checkpoint_sha256"][:12], ", ".join(existing.model_uris.values()),
+        )  # fmt: skip
+        return existing
     with _mlflow_errors("register"), tempfile.TemporaryDirectory(prefix="vaegan-register-") as work:
         experiment_id = _experiment_id(client, config.tracking)
         run_tags = {"vaegan.stage": "register", **provenance}
@@ -545,6 +553,50 @@ def register_models(*, config: Config, repo_dir: str | Path = ".") -> Registrati
         pair_id, shared_tags.get("metric.fid"),
     )  # fmt: skip
     return registration
+
+
+def _existing_registration(
+    client: MlflowClient,
+    names: Mapping[str, str],
+    shared_tags: Mapping[str, str],
+    export_metrics: Mapping[str, Any],
+) -> Registration | None:
+    """The registration of this very export (same ONNX files, checkpoint and evaluation), if any.
+
+    Re-running the pipeline with nothing changed must not add versions: DVC skipped every stage,
+    so the registry keeps the versions it already has.
+    """
+    same = [key for key in shared_tags if key.startswith("metric.")] + ["checkpoint_sha256"]
+
+    def matches(tags: Mapping[str, str], role: str) -> bool:
+        return tags.get("export_sha256") == str(export_metrics[role]["sha256"]) and all(
+            tags.get(key) == shared_tags[key] for key in same
+        )
+
+    decoders = [
+        v for v in client.search_model_versions(f"name = '{names['decoder']}'") if matches(v.tags, "decoder")
+    ]
+    for decoder in sorted(decoders, key=lambda v: int(v.version)):
+        pair_id = decoder.tags.get("pair_id")
+        encoders = [
+            v
+            for v in client.search_model_versions(f"name = '{names['encoder']}'")
+            if v.tags.get("pair_id") == pair_id and matches(v.tags, "encoder")
+        ]
+        if pair_id and encoders:
+            encoder = encoders[0]
+            return Registration(
+                decoder_version=str(decoder.version),
+                encoder_version=str(encoder.version),
+                run_id=str(pair_id),
+                training_run_id=str(decoder.tags.get("training_run_id", "none")),
+                model_uris={
+                    "decoder": f"models:/{names['decoder']}/{decoder.version}",
+                    "encoder": f"models:/{names['encoder']}/{encoder.version}",
+                },
+                tags=dict(decoder.tags),
+            )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
