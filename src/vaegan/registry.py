@@ -138,23 +138,8 @@ def _mlflow_errors(action: str) -> Iterator[None]:
 
 def _connect(tracking: TrackingConfig, uri: str | None = None) -> tuple[MlflowClient, str]:
     """A checked client and the URI in effect; an explicit `uri` beats MLFLOW_TRACKING_URI and params."""
-    if uri is None:
-        return connect(tracking), tracking_uri(tracking)
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from vaegan.tracking import _check_uri
-
-    _check_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:  # MlflowException, requests or sqlalchemy errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RegistryError(f"MLflow tracking URI {uri!r} is not reachable: {first}") from exc
-    return client, uri
+    uri = uri or tracking_uri(tracking)
+    return connect(tracking, uri), uri
 
 
 def _is_missing(exc: Exception) -> bool:

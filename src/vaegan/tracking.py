@@ -41,12 +41,13 @@ def _check_uri(uri: str) -> None:
             raise RegistryError(f"tracking URI {uri!r}: directory {parent} does not exist")
 
 
-def connect(tracking: TrackingConfig) -> MlflowClient:
-    """An MlflowClient for the tracking URI in effect, checked to answer; sets mlflow's global URI."""
+def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
+    """An MlflowClient for `uri` (default: the tracking URI in effect), checked to answer; sets
+    mlflow's global tracking and registry URIs."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(tracking)
+    uri = uri or tracking_uri(tracking)
     _check_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
