@@ -144,7 +144,7 @@ def run_training(plan: Plan) -> dict[str, Any]:
                 raw = json.loads(proc.stdout.strip().splitlines()[-1])
                 rates = raw["images_per_s"]
                 results[impl] = {
-                    "images_per_s": summary(rates, 2),
+                    "images_per_s": summary(rates, 3),
                     "epoch_s": summary([EPOCH_IMAGES / r for r in rates], 3),
                     "peak_rss_mib": round(raw["peak_rss_mib"], 1),
                     "gpu_max_allocated_mib": _round_or_none(raw["gpu_max_allocated_mib"]),
@@ -219,7 +219,7 @@ def run_inference(plan: Plan, device: Any) -> dict[str, Any]:
         for runtime in ("ort", "eager"):
             entry[runtime] = {
                 "latency_ms": summary([t * 1e3 for t in times[runtime]], 4),
-                "images_per_s": summary([batch / t for t in times[runtime]], 1),
+                "images_per_s": summary([batch / t for t in times[runtime]], 3),
             }
         entry["latency_ratio"] = ratio(entry["ort"]["latency_ms"], entry["eager"]["latency_ms"])
         entry["throughput_ratio"] = ratio(entry["ort"]["images_per_s"], entry["eager"]["images_per_s"])
