@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -93,47 +94,33 @@ def main(argv: list[str] | None = None) -> int:
         "--startup-timeout", type=float, default=300.0, help="seconds to wait for each server"
     )
     args = parser.parse_args(argv)
+    # SIGTERM (systemd, docker stop, timeout) unwinds like Ctrl-C, so the child servers are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.makedirs(".serve", exist_ok=True)
     bin_dir = os.path.dirname(sys.executable)
     with contextlib.ExitStack() as stack:
+
+        def start(name: str, argv: list[str], health_url: str) -> None:
+            """Start one server as a child process (output in .serve/<name>.log) and wait for it."""
+            stack.enter_context(background([os.path.join(bin_dir, argv[0]), *argv[1:]], f".serve/{name}.log"))
+            wait_until_up(health_url, f"{name} server", args.startup_timeout)
+
         if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
             mlflow_url = f"http://{args.host}:{args.mlflow_port}"
-            stack.enter_context(
-                background(
-                    [
-                        os.path.join(bin_dir, "mlflow"),
-                        "server",
-                        "--host",
-                        args.host,
-                        "--port",
-                        str(args.mlflow_port),
-                        "--backend-store-uri",
-                        "sqlite:///mlflow.db",
-                        "--artifacts-destination",
-                        "mlartifacts",
-                    ],
-                    ".serve/mlflow.log",
-                )
-            )
-            wait_until_up(f"{mlflow_url}/health", "MLflow server", args.startup_timeout)
+            start(
+                "mlflow",
+                ["mlflow", "server", "--host", args.host, "--port", str(args.mlflow_port),
+                 "--backend-store-uri", "sqlite:///mlflow.db", "--artifacts-destination", "mlartifacts"],
+                f"{mlflow_url}/health",
+            )  # fmt: skip
             os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
         if not os.environ.get("PREFECT_API_URL"):
             prefect_api = f"http://{args.host}:{args.prefect_port}/api"
-            stack.enter_context(
-                background(
-                    [
-                        os.path.join(bin_dir, "prefect"),
-                        "server",
-                        "start",
-                        "--host",
-                        args.host,
-                        "--port",
-                        str(args.prefect_port),
-                    ],
-                    ".serve/prefect.log",
-                )
+            start(
+                "prefect",
+                ["prefect", "server", "start", "--host", args.host, "--port", str(args.prefect_port)],
+                f"{prefect_api}/health",
             )
-            wait_until_up(f"{prefect_api}/health", "Prefect server", args.startup_timeout)
             os.environ["PREFECT_API_URL"] = prefect_api
         print(f"MLflow UI:  {os.environ['MLFLOW_TRACKING_URI']}")
         print(f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}")
