@@ -16,7 +16,6 @@ RNG state of the caller restored afterwards. The checkpoint is a `kind="evaluato
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import sys
@@ -34,6 +33,7 @@ from vaegan.checkpoint import load_checkpoint, save_checkpoint
 from vaegan.errors import CheckpointError
 from vaegan.prepared import Split, data_sha256, load_split
 from vaegan.provenance import git_commit
+from vaegan.stored_args import StoredArgs
 
 if TYPE_CHECKING:
     from vaegan.config import Config
@@ -47,7 +47,7 @@ PIXEL_STD = 0.3081
 
 
 @dataclass(frozen=True)
-class EvaluatorArgs:
+class EvaluatorArgs(StoredArgs):
     """Everything needed to rebuild the classifier."""
 
     channels: tuple[int, int] = (32, 64)
@@ -55,17 +55,6 @@ class EvaluatorArgs:
     hidden: int = 128  # the FID feature dimension
     dropout: float = 0.25
     num_classes: int = 10
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EvaluatorArgs:
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(values) != names:
-            raise ValueError(f"evaluator args keys {sorted(values)} do not match {sorted(names)}")
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**kwargs)
 
 
 class LeNet(nn.Module):
