@@ -1,12 +1,15 @@
 """One optimisation step of the VAE/GAN or of the `vae` baseline, with explicit gradient routing.
 
-Everything is computed in one forward pass (the decoder sees the posterior and prior codes
-together, the discriminator sees real, reconstructed and generated images together). Each network
-then gets the gradient of its own objective through a separate `backward(inputs=...)` pass, all of
-them done before any optimizer step, so no parameter is modified while a graph still needs it:
+The decoder decodes the posterior codes z and the prior codes z_p in two separate calls, so that
+its BatchNorm layers normalise each batch with its own statistics: in one shared batch the encoder
+learns to move the posterior where it dominates the batch statistics, and G(z_p) (which no
+reconstruction term constrains) decays to grey blobs (issue 3). The discriminator then sees real,
+reconstructed and generated images together in one pass. Each network gets the gradient of its own
+objective through a separate `backward(inputs=...)` pass, all of them done before any optimizer
+step, so no parameter is modified while a graph still needs it:
 
-    encoder        beta * L_prior + L_llike [+ L_pixel]
-    decoder        gamma * L_llike [+ L_pixel] + L_GAN(generator, non-saturating)
+    encoder        beta * L_prior + encoder_llike_weight * L_llike [+ L_pixel]
+    decoder        gamma * L_llike [+ L_pixel] + gan_weight * L_GAN(generator, non-saturating)
     discriminator  L_GAN(discriminator)       (BCE: real -> 1, G(z_p) [and x~] -> 0)
 
 `backward(inputs=params)` accumulates gradients into those parameters only: the discriminator
@@ -50,6 +53,8 @@ class LossSettings:
     pixel_loss: str = "bce"
     beta: float = 1.0
     gamma: float = 1e-2
+    encoder_llike_weight: float = 0.1
+    gan_weight: float = 10.0
     gan_on_recon: bool = True
     equilibrium: bool = False
     equilibrium_target: float = 0.68
@@ -63,6 +68,8 @@ class LossSettings:
             pixel_loss=train.pixel_loss,
             beta=train.beta,
             gamma=train.gamma,
+            encoder_llike_weight=train.encoder_llike_weight,
+            gan_weight=train.gan_weight,
             gan_on_recon=train.gan_on_recon,
             equilibrium=train.equilibrium,
             equilibrium_target=train.equilibrium_target,
@@ -126,8 +133,8 @@ def vaegan_objectives(
     batch = x.shape[0]
     mu, logvar = encoder(x)  # (B, Z) each
     z = reparameterize(mu, logvar, eps)
-    logits = decoder(torch.cat([z, z_prior]))  # (2B, 1, 28, 28)
-    recon_logits = logits[:batch]  # logits[batch:] are G(z_p)
+    recon_logits = decoder(z)  # (B, 1, 28, 28); a separate call: own BatchNorm batch statistics
+    logits = torch.cat([recon_logits, decoder(z_prior)])  # (2B, 1, 28, 28): x~, then G(z_p)
     fakes = torch.sigmoid(logits).to(x.dtype)  # x~ and G(z_p)
     d_logits, d_features = discriminator(torch.cat([x, fakes]))  # (3B,), (3B, C, 7, 7)
     d_logits = d_logits.float()
@@ -144,12 +151,12 @@ def vaegan_objectives(
     fake_logits = torch.cat([prior_d_logits, recon_d_logits]) if settings.gan_on_recon else prior_d_logits
     bce_real, bce_fake = discriminator_bce(real_logits, fake_logits)
     loss_dis = bce_real + bce_fake
-    loss_gan = generator_bce(fake_logits)
+    loss_gan = generator_bce(fake_logits)  # unweighted in the metrics; gan_weight applies to the decoder
 
     encoder_objective = settings.beta * loss_prior
     decoder_objective = torch.zeros((), device=x.device)
     if settings.uses_features:
-        encoder_objective = encoder_objective + loss_llike
+        encoder_objective = encoder_objective + settings.encoder_llike_weight * loss_llike
         decoder_objective = decoder_objective + settings.gamma * loss_llike
     if settings.uses_pixels:
         encoder_objective = encoder_objective + loss_pixel
@@ -164,7 +171,7 @@ def vaegan_objectives(
         decoder_recon=decoder_objective,
         discriminator=loss_dis,
         metrics=metrics.detach().float(),
-        generator_gan=loss_gan,
+        generator_gan=settings.gan_weight * loss_gan,
         bce_real=bce_real.detach(),
         bce_fake=bce_fake.detach(),
     )
