@@ -68,8 +68,8 @@ class TrainConfig:
     pixel_loss: Literal["bce", "mse"] = "bce"
     # Weight of the feature-space reconstruction term in the decoder loss (Larsen et al.'s gamma).
     gamma: float = _range(1e-2, ge=0)
-    # Weight of L_llike in the encoder loss (the paper's is 1; 0.1 keeps the posterior near the prior).
-    encoder_llike_weight: float = _range(0.1, ge=0)
+    # Weight of L_llike in the encoder loss (the paper's is 1; 0.03 keeps the posterior near the prior).
+    encoder_llike_weight: float = _range(0.03, ge=0)
     # Weight of the generator's L_GAN in the decoder loss (the paper's is 1; see docs/training.md).
     gan_weight: float = _range(10.0, ge=0)
     # Weight of the KL term (1.0 is the ELBO).

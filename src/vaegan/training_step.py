@@ -53,7 +53,7 @@ class LossSettings:
     pixel_loss: str = "bce"
     beta: float = 1.0
     gamma: float = 1e-2
-    encoder_llike_weight: float = 0.1
+    encoder_llike_weight: float = 0.03
     gan_weight: float = 10.0
     gan_on_recon: bool = True
     equilibrium: bool = False
