@@ -211,7 +211,7 @@ def test_register_promote_and_load_back(config: Config, artifacts: Artifacts, ml
     assert alias_versions(client, CHAMPION) == ("1", "1")
     version_tags = client.get_model_version(ENCODER, "1").tags
     assert version_tags["promotion.decision"] == "promoted"
-    assert "pass max_fid: fid 30 < registry.max_fid 60" in version_tags["promotion.reasons"]
+    assert "pass max_fid: fid 30 < registry.max_fid 800" in version_tags["promotion.reasons"]
     assert version_tags["promotion.run_id"] == decision.record_run_id
     record = client.get_run(str(decision.record_run_id))
     assert client.get_experiment(record.info.experiment_id).name == "vaegan-promotions"
@@ -462,7 +462,7 @@ def test_against_a_real_mlflow_server(
     promoted = vaegan("promote")
     assert promoted.returncode == 0, promoted.stderr
     assert "promoted decoder v1, encoder v1 to champion (previous champion: none)" in promoted.stdout
-    assert "pass max_fid: fid 30 < registry.max_fid 60" in promoted.stdout
+    assert "pass max_fid: fid 30 < registry.max_fid 800" in promoted.stdout
     assert lock_path_for(url).parent == tmp_path / "cache" / "vaegan" / "locks"
 
     client = MlflowClient(url, url)

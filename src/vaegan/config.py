@@ -141,7 +141,7 @@ class RegistryConfig:
     encoder_name: str = "vaegan-encoder"
     # Relative FID improvement a challenger needs over the champion.
     min_improvement: float = _range(0.02, ge=0, lt=1)
-    max_fid: float = _range(60.0, gt=0)
+    max_fid: float = _range(800.0, gt=0)
     min_evaluator_accuracy: float = _range(0.95, ge=0, le=1)
     # Relative FID degradation at a scheduled evaluation that fails the check.
     max_fid_drift: float = _range(0.25, ge=0)

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
+
+from vaegan.stored_args import StoredArgs
 
 IMAGE_SHAPE = (1, 28, 28)
 
 
 @dataclass(frozen=True)
-class ModelArgs:
+class ModelArgs(StoredArgs):
     """Everything needed to rebuild the networks."""
 
     latent_dim: int
@@ -31,17 +32,6 @@ class ModelArgs:
     batch_norm: bool
     dis_channels: tuple[int, int, int]  # discriminator widths at 14x14, 7x7 and Dis_l (7x7)
     dis_hidden: int  # dense layer after Dis_l in the discriminator
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelArgs:
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(values) != names:
-            raise ValueError(f"model args keys {sorted(values)} do not match {sorted(names)}")
-        converted: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**converted)
 
 
 PRESETS: dict[str, ModelArgs] = {
