@@ -112,7 +112,7 @@ class TrainConfig:
 class EvaluateConfig:
     num_samples: int = _range(10000, ge=2)
     seed: int = _range(0, ge=0)
-    batch_size: int = _range(1000, ge=1)
+    batch_size: int = _range(100, ge=1)
     feature_extractor: Literal["lenet", "inception"] = "lenet"
     # pytorch-fid's FID Inception weights (pt_inception-2015-12-05-*.pth), a local file.
     inception_weights: str | None = None
