@@ -146,3 +146,21 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(
     assert run.info.status == "FINISHED"
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "step/loss_pixel")}
     assert steps == set(range(4, 65, 4))  # every logging step, before and after the kill
+
+
+def test_changed_training_code_supersedes_a_finished_checkpoint() -> None:
+    """After a code change DVC re-runs `train`: the old code's finished model must not be reused."""
+    from vaegan.config import Config
+    from vaegan.errors import CheckpointError
+    from vaegan.training_state import decide_resume, resume_key, training_code_sha256
+
+    key = resume_key(Config(), "d" * 64, 1)
+    assert key["code_sha256"] == training_code_sha256() and len(key["code_sha256"]) == 64
+    old = {**key, "code_sha256": "0" * 64}
+    finished = {"resume_key": old, "completed": True, "step": 10}
+    decision = decide_resume(finished, key, 10, "auto", "last.pt")
+    assert decision.action == "fresh"
+    assert "code_sha256" in decision.reason
+    assert decide_resume({**finished, "resume_key": key}, key, 10, "auto", "last.pt").action == "complete"
+    with pytest.raises(CheckpointError, match="code_sha256"):
+        decide_resume({**finished, "completed": False, "step": 5}, key, 10, "auto", "last.pt")

@@ -1,8 +1,10 @@
 """What a training checkpoint must carry to resume exactly, and when a checkpoint may be resumed.
 
 A run resumes from `<train.checkpoint_dir>/last.pt` when its *resume key* matches the checkpoint's:
-the model section, the train section without the keys in `RESUME_IGNORED`, the data's sha256 and
-the number of DDP ranks. The ignored keys change where files go, how often the run logs or saves,
+the model section, the train section without the keys in `RESUME_IGNORED`, the data's sha256, the
+number of DDP ranks and the sha256 of the training code (`TRAINING_CODE`): after a code change DVC
+re-runs the stage, and a finished checkpoint of the old code must not stand in for the new model.
+The ignored keys change where files go, how often the run logs or saves,
 how long it runs or on which device, never the sequence of updates it makes.
 """
 
@@ -39,6 +41,21 @@ RESUME_IGNORED = frozenset(
 )
 
 
+# The modules whose code decides the sequence of updates (the train stage's code deps in dvc.yaml).
+TRAINING_CODE = ("networks", "losses", "training_step", "training_state", "train", "distributed")
+
+
+def training_code_sha256() -> str:
+    """sha256 over the source of the `TRAINING_CODE` modules of the installed vaegan package."""
+    import hashlib
+    from importlib import resources
+
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        digest.update((resources.files("vaegan") / f"{name}.py").read_bytes())
+    return digest.hexdigest()
+
+
 def resume_key(config: Config, data_sha256: str, world_size: int) -> dict[str, Any]:
     """The values that must match for a checkpoint to be resumed by this config."""
     train = {k: v for k, v in config.to_dict()["train"].items() if k not in RESUME_IGNORED}
@@ -48,6 +65,7 @@ def resume_key(config: Config, data_sha256: str, world_size: int) -> dict[str, A
         "data.dataset": config.data.dataset,
         "data_sha256": data_sha256,
         "world_size": world_size,
+        "code_sha256": training_code_sha256(),
     }
 
 
