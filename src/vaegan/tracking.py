@@ -41,6 +41,22 @@ def _check_uri(uri: str) -> None:
             raise RegistryError(f"tracking URI {uri!r}: directory {parent} does not exist")
 
 
+def _probe_server(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when an http(s) tracking server does not answer at all (MLflow's own client retries
+    a refused connection with backoff for minutes). Any HTTP answer, even an error, counts as up."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered: a proxy path or an auth wall, not a dead server
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RegistryError(f"MLflow tracking URI {uri!r} is not reachable: {reason}") from exc
+
+
 def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
     """An MlflowClient for `uri` (default: the tracking URI in effect), checked to answer; sets
     mlflow's global tracking and registry URIs."""
@@ -49,6 +65,8 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
 
     uri = uri or tracking_uri(tracking)
     _check_uri(uri)
+    if _scheme(uri) in ("http", "https"):
+        _probe_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
