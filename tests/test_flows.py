@@ -189,6 +189,22 @@ def test_evaluate_champion_passes_and_logs_to_mlflow(in_repo: Path) -> None:
     assert "# Champion evaluation: pass" in _artifact_markdown("champion-evaluation")
 
 
+def test_sample_from_the_champion_uri_writes_a_png_grid(in_repo: Path) -> None:
+    """`vaegan sample --model models:/vaegan-decoder@champion`: the registry's artifact alone generates."""
+    import struct
+
+    from vaegan.cli import main as vaegan_main
+
+    code = vaegan_main(
+        ["sample", "--model", "models:/vaegan-decoder@champion", "--n", "16", "--out", "grid.png"]
+    )
+    assert code == 0
+    png = (in_repo / "grid.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width == height and width >= 4 * 28  # a 4 x 4 grid of 28 x 28 digits
+
+
 def test_evaluate_champion_fails_on_a_degraded_champion(in_repo: Path) -> None:
     """A champion that no longer scores the FID recorded at promotion fails the flow."""
     import torch
