@@ -1,9 +1,9 @@
 """Inference: ONNX Runtime against PyTorch eager for the decoder (z -> images in [0, 1]) and the
 encoder (images -> mu, logvar), at batch 1 (latency) and 256 (throughput).
 
-The ONNX files come from `vaegan.export` when that module provides `export_decoder_onnx` /
-`export_encoder_onnx`; otherwise the bench exports them itself with the same conventions
-(`torch.onnx.export(dynamo=True)`, traced at batch 2 with a dynamic batch axis, opset 18).
+The ONNX files come from the project's own exporter (`vaegan.export.export_decoder_onnx` /
+`export_encoder_onnx`: `torch.onnx.export(dynamo=True)`, traced at batch 2 with a dynamic batch
+axis, opset 18), so the bench measures exactly the graphs `vaegan export` ships.
 Both sides take host (numpy/CPU) inputs and return host outputs, so a GPU run includes the copies
 on both sides. ORT's providers are the ones the session really uses (`session.get_providers()`).
 """
@@ -19,58 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-OPSET = 18
-
-
-class DecoderImages(nn.Module):
-    """z (B, Z) -> images (B, 1, 28, 28) in [0, 1] (the decoder's `decode`)."""
-
-    def __init__(self, decoder: nn.Module) -> None:
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
-
-
-def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, outputs: list[str]) -> str:
-    """Export with the project's conventions (see the module docstring); returns how it was done."""
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        dynamo=True,
-        verbose=False,
-        opset_version=OPSET,
-        input_names=[input_name],
-        output_names=outputs,
-        dynamic_shapes=({0: batch},),
-    )
-    return "bench: torch.onnx.export(dynamo=True)"
-
 
 def export_models(model: Any, out_dir: Path) -> dict[str, Any]:
     """{decoder_path, encoder_path, exporter}: ONNX files of `model`'s decoder and encoder."""
-    decoder_path, encoder_path = out_dir / "decoder.onnx", out_dir / "encoder.onnx"
-    try:
-        from vaegan import export as project_export
+    from vaegan.export import export_decoder_onnx, export_encoder_onnx
 
-        export_decoder = project_export.export_decoder_onnx
-        export_encoder = project_export.export_encoder_onnx
-    except (ImportError, AttributeError):
-        export_decoder = export_encoder = None
-    if export_decoder is not None and export_encoder is not None:
-        export_decoder(model, decoder_path)
-        export_encoder(model, encoder_path)
-        exporter = "vaegan.export"
-    else:
-        latent = model.args.latent_dim
-        exporter = _export(
-            DecoderImages(model.decoder), torch.randn(2, latent), decoder_path, "z", ["images"]
-        )
-        _export(model.encoder, torch.rand(2, 1, 28, 28), encoder_path, "images", ["mu", "logvar"])
-    return {"decoder_path": decoder_path, "encoder_path": encoder_path, "exporter": exporter}
+    decoder_path, encoder_path = out_dir / "decoder.onnx", out_dir / "encoder.onnx"
+    export_decoder_onnx(model, decoder_path)
+    export_encoder_onnx(model, encoder_path)
+    return {"decoder_path": decoder_path, "encoder_path": encoder_path, "exporter": "vaegan.export"}
 
 
 def ort_session(path: Path, device: torch.device) -> Any:
@@ -105,6 +62,7 @@ def measure_inference(
     """Per-call seconds for each (network, batch, runtime), the ORT providers used, versions."""
     import onnxruntime as ort
 
+    from vaegan.export import DecoderImages
     from vaegan.networks import build_model, model_args_for
 
     torch.manual_seed(0)

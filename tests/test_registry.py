@@ -31,6 +31,7 @@ from promotion_worker import promote_in_child
 from vaegan.checkpoint import save_checkpoint
 from vaegan.config import Config
 from vaegan.errors import RegistryError
+from vaegan.export import export_decoder_onnx, export_encoder_onnx
 from vaegan.networks import build_model, model_args_for
 from vaegan.provenance import sha256_file
 from vaegan.registry import (
@@ -57,15 +58,6 @@ stages:
 """
 
 
-class _DecodeImages(torch.nn.Module):
-    def __init__(self, decoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
-
-
 @dataclass(frozen=True)
 class Artifacts:
     """A trained-looking checkpoint and its two ONNX graphs, made once per module."""
@@ -81,18 +73,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     torch.manual_seed(0)
     args = model_args_for("seed")
     model = build_model(args).eval()
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    decode_images = _DecodeImages(model.decoder).eval()
-    for module, example, names, path in (
-        (decode_images, torch.randn(2, args.latent_dim), (["z"], ["x"]), out / "decoder.onnx"),
-        (model.encoder, torch.rand(2, 1, 28, 28), (["x"], ["mu", "logvar"]), out / "encoder.onnx"),
-    ):
-        program = torch.onnx.export(
-            module, (example,), dynamo=True, input_names=names[0], output_names=names[1],
-            dynamic_shapes=({0: batch},), opset_version=18, verbose=False,
-        )  # fmt: skip
-        assert program is not None
-        program.save(str(path), external_data=False)
+    export_decoder_onnx(model, out / "decoder.onnx")  # the project's exporter: z -> x, x -> mu, logvar
+    export_encoder_onnx(model, out / "encoder.onnx")
     checkpoint = out / "vaegan.pt"
     save_checkpoint(
         checkpoint,

@@ -33,7 +33,7 @@ from vaegan.atomic_io import atomic_directory, atomic_path, write_json
 from vaegan.checkpoint import load_model
 from vaegan.config import Config
 from vaegan.errors import ConfigError, VaeganError
-from vaegan.networks import IMAGE_SHAPE, VAEGAN
+from vaegan.networks import IMAGE_SHAPE, VAEGAN, Decoder
 from vaegan.provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,15 @@ class ParityError(VaeganError):
     """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
 
 
-class _DecoderImages(nn.Module):
-    """z (B, Z) -> images (B, 1, 28, 28) in [0, 1]: the graph `decoder.onnx` holds."""
+class DecoderImages(nn.Module):
+    """z (B, Z) -> images (B, 1, 28, 28) in [0, 1] (`Decoder.decode`): the graph `decoder.onnx` holds."""
 
-    def __init__(self, decoder: nn.Module) -> None:
+    def __init__(self, decoder: Decoder) -> None:
         super().__init__()
         self.decoder = decoder
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
+        return self.decoder.decode(z)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ ENCODER = GraphSpec("encoder", ENCODER_FILE, (onnx_runtime.ENCODER_INPUT,), onnx
 
 
 def _graph_module(model: VAEGAN, spec: GraphSpec) -> nn.Module:
-    return _DecoderImages(model.decoder).train(model.training) if spec is DECODER else model.encoder
+    return DecoderImages(model.decoder).train(model.training) if spec is DECODER else model.encoder
 
 
 def _example_input(model: VAEGAN, spec: GraphSpec, batch: int, rng: np.random.Generator) -> np.ndarray:

@@ -561,15 +561,17 @@ def _existing_registration(
     decoders = [
         v for v in client.search_model_versions(f"name = '{names['decoder']}'") if matches(v.tags, "decoder")
     ]
+    if not decoders:
+        return None
+    encoders = {
+        v.tags.get("pair_id"): v
+        for v in client.search_model_versions(f"name = '{names['encoder']}'")
+        if matches(v.tags, "encoder")
+    }
     for decoder in sorted(decoders, key=lambda v: int(v.version)):
         pair_id = decoder.tags.get("pair_id")
-        encoders = [
-            v
-            for v in client.search_model_versions(f"name = '{names['encoder']}'")
-            if v.tags.get("pair_id") == pair_id and matches(v.tags, "encoder")
-        ]
-        if pair_id and encoders:
-            encoder = encoders[0]
+        encoder = encoders.get(pair_id)
+        if pair_id and encoder is not None:
             return Registration(
                 decoder_version=str(decoder.version),
                 encoder_version=str(encoder.version),
