@@ -10,6 +10,7 @@ the reason (the GPU image has torch but no dvc/prefect/mlflow).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -22,6 +23,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.training import PROJECT_VARIANTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "fid", "inference", "orchestration")
@@ -314,11 +317,32 @@ def check_targets(results: dict[str, Any], device_type: str) -> list[dict[str, A
     return targets
 
 
+def _overridden(plan: Plan, args: argparse.Namespace) -> Plan:
+    """The plan with the command line's --presets/--batches/--impls; batches keep the plan's schedule."""
+    changes: dict[str, Any] = {}
+    if args.presets:
+        changes["presets"] = tuple(args.presets)
+    if args.batches:
+        unknown = sorted(set(args.batches) - set(plan.schedules))
+        if unknown:
+            raise SystemExit(f"--batches: no schedule for {unknown}; known: {sorted(plan.schedules)}")
+        changes["batches"] = tuple(args.batches)
+    if args.impls:
+        changes["impls"] = tuple(args.impls)
+    return dataclasses.replace(plan, **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds): the CI smoke test")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory")
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--presets", nargs="+", help="training presets instead of the plan's")
+    parser.add_argument("--batches", nargs="+", type=int, help="training batch sizes instead of the plan's")
+    parser.add_argument(
+        "--impls", nargs="+", choices=["textbook", *PROJECT_VARIANTS],
+        help="training implementations instead of the plan's (textbook is the reference of the ratios)",
+    )  # fmt: skip
     parser.add_argument(
         "--pipeline-dir", type=Path, default=None,
         help="an up-to-date pipeline workspace to time a cached retrain flow in (else it is skipped)",
@@ -333,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     from vaegan.devices import select_device
 
     device = select_device("auto")
-    plan = plan_for(args.quick, device.type)
+    plan = _overridden(plan_for(args.quick, device.type), args)
     sections = args.only or list(SECTIONS)
     started = time.perf_counter()
     results: dict[str, Any] = {

@@ -180,6 +180,7 @@ def measure(
     device = select_device(device_name)
     images, source = real_images("train", num_images)
     if device.type == "cuda":
+        torch.cuda.init()  # resetting the peak before CUDA is initialised is "Invalid device argument"
         torch.cuda.reset_peak_memory_stats(device)
     settings: dict[str, Any] = {"precision": "fp32", "compile": False, "data": "CPU DataLoader, .to(device)"}
     started = time.perf_counter()
@@ -191,7 +192,7 @@ def measure(
         options = PROJECT_VARIANTS[impl]
         settings = {
             "precision": options.get("precision", "fp32"), "compile": options.get("compile_model", False),
-            "data": "on the device",
+            "channels_last": options.get("channels_last", False), "data": "on the device",
         }  # fmt: skip
         rates = project_throughput(
             preset=preset, batch=batch, images=images, device=device, schedule=schedule, **options
@@ -219,7 +220,10 @@ def measure(
 # The project's settings per variant; `project` is what a run on this device uses by default.
 PROJECT_VARIANTS: dict[str, dict[str, Any]] = {
     "project": {},  # params.yaml's settings: fp32, eager
+    "project_bf16": {"precision": "bf16"},
+    "project_compiled": {"compile_model": True},
     "project_bf16_compiled": {"precision": "bf16", "compile_model": True},
+    "project_bf16_compiled_cl": {"precision": "bf16", "compile_model": True, "channels_last": True},
 }
 
 
