@@ -108,6 +108,8 @@ def mlflow_uri(tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.Mo
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's MLflow/Prefect settings or writes telemetry."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):  # set when DVC runs pytest
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")

@@ -308,7 +308,7 @@ def log_to_mlflow(config: Config, values: dict[str, Any], run_id: str | None, se
     when it exists in this tracking store, else to a new run; return the run id."""
     from mlflow.entities import Metric
 
-    from vaegan.tracking import connect, ensure_experiment
+    from vaegan.tracking import connect, dvc_experiment_tags, ensure_experiment
 
     client = connect(config.tracking)
     own_run = False
@@ -323,7 +323,7 @@ def log_to_mlflow(config: Config, values: dict[str, Any], run_id: str | None, se
     if not run_id:
         experiment_id = ensure_experiment(client, config.tracking)
         run_id = client.create_run(
-            experiment_id, run_name="evaluate", tags={"vaegan.stage": "evaluate"}
+            experiment_id, run_name="evaluate", tags={"vaegan.stage": "evaluate", **dvc_experiment_tags()}
         ).info.run_id
         own_run = True
     now = int(time.time() * 1000)

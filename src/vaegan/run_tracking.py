@@ -1,8 +1,9 @@
 """The MLflow run of a training: created once, continued on resume (its id lives in the checkpoint).
 
 Logged: every param (`Config.flat()`), tags (git commit, data sha256, objective, preset, world
-size), per-step metrics `step/<name>` at `train.log_every`, per-epoch metrics `epoch/<name>`
-(x axis = epoch), and per-epoch PNG grids under `grids/epoch_NNN/`.
+size, and the DVC experiment's name and baseline when `dvc exp run` runs it), per-step metrics
+`step/<name>` at `train.log_every`, per-epoch metrics `epoch/<name>` (x axis = epoch),
+and per-epoch PNG grids under `grids/epoch_NNN/`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vaegan.images import image_grid, write_png
-from vaegan.tracking import connect, ensure_experiment
+from vaegan.tracking import connect, dvc_experiment_tags, ensure_experiment
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -54,7 +55,7 @@ class TrainingRun:
                 return cls(client, resume_run_id)
         experiment_id = ensure_experiment(client, config.tracking)
         name = f"train-{config.train.objective}-{config.model.preset}"
-        run = client.create_run(experiment_id, tags=tags, run_name=name)
+        run = client.create_run(experiment_id, tags={**tags, **dvc_experiment_tags()}, run_name=name)
         tracker = cls(client, run.info.run_id)
         tracker.log_params(config.flat())
         log.info("MLflow run %s (experiment %s)", run.info.run_id, config.tracking.experiment)

@@ -1,8 +1,14 @@
 """MLflow at the edge: which tracking URI, which experiment, and clear errors when it is wrong.
 
 The URI comes from the MLFLOW_TRACKING_URI environment variable when set, else `tracking.uri`
-(default `sqlite:///mlflow.db`, relative to the working directory). A local store gets its
-artifacts under `tracking.artifact_location`; a server decides its own.
+(default `sqlite:///mlflow.db`). A local store gets its artifacts under
+`tracking.artifact_location`; a server decides its own.
+
+Relative local paths (the sqlite file, a plain store folder, the artifact location) are anchored
+at the DVC repository the command runs for: DVC sets `DVC_ROOT` for every stage, and for
+`dvc exp run --temp`/`--queue` it points at the user's repository, not at the temporary copy the
+experiment runs in (which DVC deletes afterwards, and the runs with it). Outside DVC they stay
+relative to the working directory.
 """
 
 from __future__ import annotations
@@ -21,9 +27,35 @@ if TYPE_CHECKING:
 LOCAL_SCHEMES = ("sqlite", "file", "")
 
 
+def workspace_root() -> Path | None:
+    """The DVC repository this command runs for (`DVC_ROOT`), or None outside a DVC stage."""
+    root = os.environ.get("DVC_ROOT")
+    return Path(root) if root else None
+
+
+def anchored(path: str) -> str:
+    """`path` joined to the DVC repository when it is relative and a stage runs, else unchanged."""
+    root = workspace_root()
+    if root is None or not path or Path(path).is_absolute():
+        return path
+    return str(root / path)
+
+
 def tracking_uri(tracking: TrackingConfig) -> str:
-    """The MLflow tracking URI in effect (environment first, then params)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
+    """The MLflow tracking URI in effect (environment first, then params), local paths anchored."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
+    scheme = _scheme(uri)
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return "sqlite:///" + anchored(uri.removeprefix("sqlite:///"))
+    if scheme == "":
+        return anchored(uri)
+    return uri
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    """Tags that tie an MLflow run to the DVC experiment running it (empty outside `dvc exp run`)."""
+    names = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
+    return {tag: os.environ[var] for var, tag in names.items() if os.environ.get(var)}
 
 
 def _scheme(uri: str) -> str:
@@ -86,5 +118,5 @@ def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str 
         return str(experiment.experiment_id)
     artifact_location = None
     if _scheme(tracking_uri(tracking)) in LOCAL_SCHEMES:
-        artifact_location = Path(tracking.artifact_location).resolve().as_uri()
+        artifact_location = Path(anchored(tracking.artifact_location)).resolve().as_uri()
     return str(client.create_experiment(experiment_name, artifact_location=artifact_location))

@@ -528,7 +528,9 @@ def write_outputs(config: Config, payload: dict[str, Any]) -> None:
     """Write train.model_path, train.metrics_path and train.history_path from a finished checkpoint."""
     state = payload["state"]
     save_checkpoint(config.train.model_path, final_model_payload(payload))
-    write_json(config.train.metrics_path, state["final_metrics"])
+    # The run id links `dvc exp show` / `dvc metrics show` to the MLflow run.
+    metrics = {**state["final_metrics"], "mlflow_run_id": state.get("mlflow_run_id")}
+    write_json(config.train.metrics_path, metrics)
     write_text(config.train.history_path, history_csv(state["history"]))
 
 

@@ -1,0 +1,163 @@
+"""The latent prior that generation draws from: N(0, I), or a Gaussian mixture fitted to the
+encoder means of the training split after training (the aggregate posterior).
+
+A VAE's decoder only learns to draw from where the encoder puts codes; N(0, I) has holes there, and
+prior samples from the holes are the malformed digits. Sampling from a density fitted to the codes
+(Larsen et al.'s own MNIST script fits a full-covariance Gaussian; Ghosh et al. 2020 a 10-component
+mixture) avoids them at the cost of seconds after training.
+
+`MixturePrior` maps standard-normal noise eps (B, Z) to codes z (B, Z) with elementwise ops, a gather
+and a matmul only, so that it exports to ONNX inside the generator graph (noise in, image out): the
+first noise coordinate picks the component (u = Phi(eps_0) against the cumulative weights) and is
+then re-used, rescaled to the chosen component's interval and mapped back through Phi^-1, as that
+component's first coordinate: z = mean_k + L_k eps'. The rescaled u is uniform and independent of k,
+so z follows the mixture exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+PRIORS = ("standard", "gaussian", "mixture")
+_EPS_U = 1e-7  # keeps u' inside (0, 1) before Phi^-1
+
+
+@dataclass(frozen=True)
+class MixtureFit:
+    """A fitted Gaussian mixture: weights (K,), means (K, Z), Cholesky factors (K, Z, Z)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    cholesky: np.ndarray
+    log_likelihood: float  # mean per code at the end of EM
+
+    @property
+    def components(self) -> int:
+        return len(self.weights)
+
+
+def _log_gaussians(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """log N(x_i | mean_k, L_k L_k^T) for every code and component: (N, K)."""
+    n, dim = x.shape
+    out = np.empty((n, len(means)))
+    for k, (mean, factor) in enumerate(zip(means, chol, strict=True)):
+        solved = np.linalg.solve(factor, (x - mean).T)  # (Z, N) = L^-1 (x - mean)
+        log_det = 2.0 * np.log(np.diag(factor)).sum()
+        out[:, k] = -0.5 * ((solved**2).sum(0) + log_det + dim * math.log(2 * math.pi))
+    return out
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: k distinct codes, each drawn proportionally to its squared distance."""
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        dist = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
+        centres.append(x[rng.choice(len(x), p=dist / dist.sum())])
+    return np.stack(centres)
+
+
+def fit_mixture(
+    codes: np.ndarray, components: int, seed: int = 0, iterations: int = 100, reg: float = 1e-4
+) -> MixtureFit:
+    """EM for a full-covariance Gaussian mixture on codes (N, Z) (float64 inside), seeded init."""
+    x = np.asarray(codes, dtype=np.float64)
+    n, dim = x.shape
+    if components < 1 or components > n:
+        raise ValueError(f"{components} mixture components for {n} codes")
+    rng = np.random.default_rng(seed)
+    means = _kmeans_pp(x, components, rng)
+    labels = np.argmin([((x - c) ** 2).sum(1) for c in means], axis=0)
+    resp = np.eye(components)[labels]  # (N, K) hard assignment to start
+    previous = -np.inf
+    log_lik = -np.inf
+    for _ in range(iterations):
+        counts = resp.sum(0) + 1e-10  # (K,)
+        weights = counts / n
+        means = (resp.T @ x) / counts[:, None]  # (K, Z)
+        chol = np.empty((components, dim, dim))
+        for k in range(components):
+            centred = x - means[k]
+            cov = (resp[:, k, None] * centred).T @ centred / counts[k] + reg * np.eye(dim)
+            chol[k] = np.linalg.cholesky(cov)
+        log_p = _log_gaussians(x, means, chol) + np.log(weights)  # (N, K)
+        top = log_p.max(1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(log_p - top).sum(1))  # (N,)
+        resp = np.exp(log_p - log_norm[:, None])
+        log_lik = float(log_norm.mean())
+        if log_lik - previous < 1e-6 * abs(log_lik):
+            break
+        previous = log_lik
+    return MixtureFit(weights=weights, means=means, cholesky=chol, log_likelihood=log_lik)
+
+
+def _ndtri(u: torch.Tensor) -> torch.Tensor:
+    """Phi^-1(u) for u in (0, 1): Acklam's rational approximation (relative error < 1.2e-9), written
+    in elementwise ops so that it exports to ONNX (which has no erfinv)."""
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02,
+         1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)  # fmt: skip
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02,
+         6.680131188771972e01, -1.328068155288572e01)  # fmt: skip
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00,
+         -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)  # fmt: skip
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+
+    def poly(coeffs: tuple[float, ...], t: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(t, coeffs[0])
+        for coeff in coeffs[1:]:
+            out = out * t + coeff
+        return out
+
+    low = 0.02425
+    q = u - 0.5
+    r = q * q
+    central = q * poly(a, r) / (poly(b, r) * r + 1.0)
+    tail_u = torch.minimum(u, 1.0 - u)
+    s = torch.sqrt(-2.0 * torch.log(tail_u))
+    tail = poly(c, s) / (poly(d, s) * s + 1.0)  # Phi^-1(tail_u), negative
+    tail = torch.where(u > 0.5, -tail, tail)
+    return torch.where(tail_u < low, tail, central)
+
+
+class LatentPrior(nn.Module):
+    """noise eps (B, Z) ~ N(0, I) -> codes z (B, Z): identity for `standard`, else the fitted mixture
+    (a `gaussian` prior is a mixture of one). Buffers only: it is stored with the decoder's weights."""
+
+    boundaries: torch.Tensor  # (K - 1,) cumulative weights without the final 1
+    weights: torch.Tensor  # (K,)
+    means: torch.Tensor  # (K, Z)
+    cholesky: torch.Tensor  # (K, Z, Z)
+
+    def __init__(self, latent_dim: int, components: int = 0) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.components = components  # 0: standard; the buffers' shapes depend on it
+        k = max(components, 1)
+        self.register_buffer("boundaries", torch.zeros(k - 1))
+        self.register_buffer("weights", torch.ones(k))
+        self.register_buffer("means", torch.zeros(k, latent_dim))
+        self.register_buffer("cholesky", torch.eye(latent_dim).repeat(k, 1, 1))
+
+    @classmethod
+    def from_fit(cls, fit: MixtureFit) -> LatentPrior:
+        prior = cls(fit.means.shape[1], fit.components)
+        weights = fit.weights / fit.weights.sum()
+        prior.weights.copy_(torch.from_numpy(weights))
+        prior.boundaries.copy_(torch.from_numpy(np.cumsum(weights)[:-1]))
+        prior.means.copy_(torch.from_numpy(fit.means))
+        prior.cholesky.copy_(torch.from_numpy(fit.cholesky))
+        return prior
+
+    def forward(self, eps: torch.Tensor) -> torch.Tensor:
+        if self.components == 0:
+            return eps
+        u = 0.5 * (1.0 + torch.erf(eps[:, :1] / math.sqrt(2.0)))  # (B, 1) uniform
+        k = (u > self.boundaries).sum(1)  # (B,) component index
+        lower = torch.cat([torch.zeros(1, dtype=u.dtype, device=u.device), self.boundaries])[k]
+        rescaled = ((u[:, 0] - lower) / self.weights[k]).clamp(_EPS_U, 1.0 - _EPS_U)  # (B,) uniform
+        eps_k = torch.cat([_ndtri(rescaled)[:, None], eps[:, 1:]], dim=1)  # (B, Z) ~ N(0, I), indep. of k
+        return self.means[k] + torch.bmm(self.cholesky[k], eps_k[:, :, None])[:, :, 0]

@@ -1,0 +1,117 @@
+"""`dvc exp run --temp` and `--queue` record their MLflow runs in the user's store.
+
+DVC runs such experiments in a temporary copy of the repository and deletes it afterwards; with a
+relative `sqlite:///mlflow.db` the runs used to land in that copy and vanish with it. The real
+`train` stage of dvc.yaml runs here under real DVC (a tiny budget on the MNIST sample), and the
+test reads the workspace's store with MLflow's own client.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.test_dvc_pipeline import dvc, git
+from vaegan.config import TrackingConfig
+from vaegan.tracking import tracking_uri
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAIN = {
+    "train.epochs": 1, "train.batch_size": 32, "train.limit_train_images": 128, "train.device": "cpu",
+    "train.log_every": 2, "train.checkpoint_every": 100, "model.preset": "seed",
+}  # fmt: skip
+
+
+@pytest.fixture
+def exp_repo(tmp_path: Path, small_prepared_dir: Path, _migrated_mlflow_db: Path) -> Path:
+    """A git + DVC repo holding the real `train` stage, a tiny budget in params.yaml, the prepared
+    sample in git and an MLflow store at the default relative URI (sqlite:///mlflow.db)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    stage["deps"] = ["${data.prepared_dir}"]  # the code is the installed package here
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}, sort_keys=False))
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert params["tracking"]["uri"] == "sqlite:///mlflow.db"
+    for dotted, value in TINY_TRAIN.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(small_prepared_dir, repo / params["data"]["prepared_dir"])
+    shutil.copy(_migrated_mlflow_db, repo / "mlflow.db")
+    (repo / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n")
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline")
+    return repo
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///mlflow.db", "sqlite:////work/repo/mlflow.db"),
+        ("sqlite:///stores/m.db", "sqlite:////work/repo/stores/m.db"),
+        ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
+        ("mlruns", "/work/repo/mlruns"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ],
+)
+def test_relative_local_stores_are_anchored_at_dvc_root(
+    uri: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tracking_uri(TrackingConfig(uri=uri)) == uri  # outside DVC: as written
+    monkeypatch.setenv("DVC_ROOT", "/work/repo")
+    assert tracking_uri(TrackingConfig(uri=uri)) == expected
+
+
+def _runs_by_exp_name(repo: Path) -> dict[str, str]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {run.data.tags.get("dvc.exp_name", ""): run.info.run_id for run in runs}
+
+
+def _shown_run_ids(repo: Path) -> dict[str, str]:
+    """Experiment name -> the mlflow_run_id metric that `dvc exp show` reports for it."""
+    shown = json.loads(dvc(repo, "exp", "show", "--json"))
+    ids = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for revision in experiment["revs"]:
+                metrics = revision["data"]["metrics"]["metrics/train.json"]["data"]
+                ids[revision["name"]] = metrics["mlflow_run_id"]
+    return ids
+
+
+def test_temp_and_queued_experiments_log_into_the_workspace_store(exp_repo: Path) -> None:
+    repo = exp_repo
+    assert _runs_by_exp_name(repo) == {}
+
+    dvc(repo, "exp", "run", "--temp", "-n", "temp-seed1", "-S", "train.seed=1")
+    runs = _runs_by_exp_name(repo)
+    assert set(runs) == {"temp-seed1"}
+
+    dvc(repo, "exp", "run", "--queue", "-n", "queued-seed2", "-S", "train.seed=2")
+    try:
+        dvc(repo, "queue", "start", "-j", "1")
+        dvc(repo, "queue", "logs", "--follow", "queued-seed2")
+    finally:
+        dvc(repo, "queue", "stop")
+    runs = _runs_by_exp_name(repo)
+    assert set(runs) == {"temp-seed1", "queued-seed2"}
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    for name, run_id in runs.items():
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["train.seed"] == {"temp-seed1": "1", "queued-seed2": "2"}[name]
+        assert run.data.metrics["final/steps"] == 4.0  # 128 images / batch 32
+        assert len(run.data.tags["dvc.exp_baseline_rev"]) == 40
+    # The runs' artifacts (epoch grids) are in the workspace's artifact folder too.
+    assert len(list((repo / "mlartifacts").rglob("samples.png"))) == 2
+    assert _shown_run_ids(repo) == runs
+    assert not (repo / "models").exists(), "a temp/queued experiment must not touch the workspace"

@@ -1,0 +1,52 @@
+"""The fitted latent prior: EM recovers a known mixture, and the noise -> code map samples it exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vaegan.latent_prior import LatentPrior, MixtureFit, _ndtri, fit_mixture
+
+WEIGHTS = np.array([0.3, 0.7])
+MEANS = np.array([[-4.0, 0.0], [3.0, 2.0]])
+COVS = np.array([[[1.0, 0.5], [0.5, 1.0]], [[0.5, 0.0], [0.0, 2.0]]])
+
+
+def _known_mixture(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(2, size=n, p=WEIGHTS)
+    noise = rng.standard_normal((n, 2))
+    chol = np.linalg.cholesky(COVS)
+    return MEANS[labels] + np.einsum("nij,nj->ni", chol[labels], noise)
+
+
+def test_em_recovers_a_known_mixture() -> None:
+    fit = fit_mixture(_known_mixture(6000, seed=1), components=2, seed=0)
+    order = np.argsort(fit.means[:, 0])
+    np.testing.assert_allclose(fit.weights[order], WEIGHTS, atol=0.02)
+    np.testing.assert_allclose(fit.means[order], MEANS, atol=0.1)
+    covs = fit.cholesky @ fit.cholesky.transpose(0, 2, 1)
+    np.testing.assert_allclose(covs[order], COVS, atol=0.15)
+
+
+def test_ndtri_matches_torch() -> None:
+    tails = torch.logspace(-7, -1, 200, dtype=torch.float64)
+    u = torch.cat([tails, torch.linspace(0.01, 0.99, 500, dtype=torch.float64), 1 - tails])
+    np.testing.assert_allclose(_ndtri(u).numpy(), torch.special.ndtri(u).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_standard_prior_is_the_identity() -> None:
+    eps = torch.randn(5, 3)
+    assert torch.equal(LatentPrior(3)(eps), eps)
+
+
+def test_mixture_prior_samples_the_mixture() -> None:
+    fit = MixtureFit(weights=WEIGHTS, means=MEANS, cholesky=np.linalg.cholesky(COVS), log_likelihood=0.0)
+    prior = LatentPrior.from_fit(fit).double()
+    z = prior(torch.randn(200_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    z = z.numpy()
+    first = z[:, 0] < -0.5  # the components are ~5 standard deviations apart along x
+    assert abs(first.mean() - 0.3) < 0.005
+    for mask, k in ((first, 0), (~first, 1)):
+        np.testing.assert_allclose(z[mask].mean(0), MEANS[k], atol=0.03)
+        np.testing.assert_allclose(np.cov(z[mask].T), COVS[k], atol=0.05)
