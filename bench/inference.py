@@ -62,7 +62,7 @@ def measure_inference(
     """Per-call seconds for each (network, batch, runtime), the ORT providers used, versions."""
     import onnxruntime as ort
 
-    from vaegan.export import DecoderImages
+    from vaegan.export import DECODER, ENCODER, graph_module
     from vaegan.networks import build_model, model_args_for
 
     torch.manual_seed(0)
@@ -77,7 +77,10 @@ def measure_inference(
         }
         results["providers"] = {name: list(s.get_providers()) for name, s in sessions.items()}
         model = model.to(device)
-        eager = {"decoder": DecoderImages(model.decoder).eval(), "encoder": model.encoder.eval()}
+        eager = {
+            "decoder": graph_module(model, DECODER).eval(),
+            "encoder": graph_module(model, ENCODER).eval(),
+        }
         rng = np.random.default_rng(0)
         times: dict[str, Any] = {}
         for name, session in sessions.items():

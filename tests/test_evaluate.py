@@ -16,6 +16,7 @@ from conftest import REPO_ROOT, tiny_config
 from vaegan import evaluate, evaluator
 from vaegan.checkpoint import save_checkpoint
 from vaegan.errors import CheckpointError
+from vaegan.latent_prior import LatentPrior, fit_mixture
 from vaegan.networks import build_model, model_args_for
 from vaegan.prepared import Split, load_split
 
@@ -43,11 +44,16 @@ def trained_evaluator(tmp_path_factory: pytest.TempPathFactory, small_prepared_d
     return path
 
 
-def _core(prepared: Path, evaluator_path: Path, num_samples: int = 300, seed: int = 0, preset: str = "seed"):
+def _core(
+    prepared: Path, evaluator_path: Path, num_samples: int = 300, seed: int = 0, preset: str = "seed",
+    prior: LatentPrior | None = None,
+):  # fmt: skip
     payload = _vaegan_payload(preset)
     model = build_model(model_args_for(preset))
     model.encoder.load_state_dict(payload["encoder"])
     model.decoder.load_state_dict(payload["decoder"])
+    if prior is not None:
+        model.prior = prior
     test = load_split(prepared, "test")
     return evaluate.evaluate_model(
         model=model, evaluator=evaluator.load_evaluator(str(evaluator_path)),
@@ -95,6 +101,20 @@ def test_metrics_are_complete_sane_and_deterministic(
     assert m["kl"] < 0.01  # mu ~ 0, logvar ~ 0
     assert first.samples.shape == (100, 28, 28) and first.samples.dtype == np.uint8
     assert first.test_mu.shape == (400, 2)
+
+
+def test_fid_under_the_fitted_prior_and_under_n01(small_prepared_dir: Path, trained_evaluator: Path) -> None:
+    standard = _core(small_prepared_dir, trained_evaluator).metrics
+    assert standard["prior"] == "standard" and standard["fid_standard_prior"] == standard["fid"]
+    codes = np.random.default_rng(0).standard_normal((500, 2)) * 0.5 + [60.0, -60.0]  # far from N(0, I)
+    fitted = _core(
+        small_prepared_dir, trained_evaluator, prior=LatentPrior.from_fit(fit_mixture(codes, 2))
+    ).metrics
+    assert fitted["prior"] == "mixture"
+    assert fitted["fid_standard_prior"] == standard["fid"]  # the same networks, the same noise
+    assert fitted["fid"] != standard["fid"]
+    for key in ("fid_recon", "recon_mse", "psnr", "kl", "label_consistency"):  # the prior changes no recon
+        assert fitted[key] == standard[key], key
 
 
 def test_class_counts(small_prepared_dir: Path, trained_evaluator: Path) -> None:

@@ -14,9 +14,10 @@ import yaml
 
 from conftest import tiny_config
 from vaegan import cli, onnx_runtime
-from vaegan.checkpoint import load_model, save_checkpoint
+from vaegan.checkpoint import load_model, prior_payload, save_checkpoint
 from vaegan.errors import VaeganError
 from vaegan.export import ParityError, export_decoder_onnx, export_model
+from vaegan.latent_prior import LatentPrior, fit_mixture
 from vaegan.networks import VAEGAN, build_model, model_args_for
 from vaegan.provenance import sha256_file
 
@@ -37,12 +38,20 @@ def _spread_weights(model: VAEGAN, seed: int) -> VAEGAN:
     return model
 
 
+def _with_mixture_prior(model: VAEGAN, components: int = 3) -> VAEGAN:
+    """`model` with a mixture prior fitted to skewed 2-d codes (far from N(0, I))."""
+    codes = np.random.default_rng(0).standard_normal((600, 2)) * [2.0, 0.3] + [1.0, -1.0]
+    model.prior = LatentPrior.from_fit(fit_mixture(codes, components, seed=0))
+    return model
+
+
 def _payload(model: VAEGAN) -> dict:
     """The `train.model_path` layout train.py writes (state trimmed to what export ignores)."""
     return {
         "kind": "vaegan", "model_args": model.args.to_dict(), "config": {"train": {"objective": "vaegan"}},
         "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
         "discriminator": model.discriminator.state_dict(), "state": {"step": 1, "completed": True},
+        "prior": prior_payload(model.prior, model.prior.kind),
     }  # fmt: skip
 
 
@@ -58,7 +67,7 @@ def _params_file(tmp_path: Path, checkpoint: Path, **export: object) -> Path:
 def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`vaegan export` run once on a seed-preset checkpoint (the real CLI entry, in-process)."""
     root = tmp_path_factory.mktemp("export")
-    model = _spread_weights(build_model(model_args_for("seed")), seed=1).eval()
+    model = _with_mixture_prior(_spread_weights(build_model(model_args_for("seed")), seed=1)).eval()
     checkpoint = root / "vaegan.pt"
     save_checkpoint(checkpoint, _payload(model))
     params = _params_file(root, checkpoint)
@@ -81,7 +90,7 @@ def test_stage_writes_both_graphs_with_parity_within_tolerance(stage: dict) -> N
     assert metrics["opset"] == 18 and metrics["latent_dim"] == 2
     assert metrics["checkpoint_sha256"] == sha256_file(stage["checkpoint"])
     assert metrics["input_names"] == {"decoder": ["z"], "encoder": ["x"]}
-    assert metrics["output_names"] == {"decoder": ["x"], "encoder": ["mu", "logvar"]}
+    assert metrics["output_names"] == {"decoder": ["x"], "encoder": ["mu", "logvar", "reconstruction"]}
     assert metrics["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
     for graph in ("decoder", "encoder"):
         entry = metrics[graph]
@@ -99,7 +108,8 @@ def test_stage_writes_both_graphs_with_parity_within_tolerance(stage: dict) -> N
 
 def test_graphs_have_stable_names_a_dynamic_batch_and_match_the_checkpoint(stage: dict) -> None:
     onnx_dir = stage["onnx_dir"]
-    for name, inputs, outputs in (("decoder", ["z"], ["x"]), ("encoder", ["x"], ["mu", "logvar"])):
+    encoder_outputs = ["mu", "logvar", "reconstruction"]
+    for name, inputs, outputs in (("decoder", ["z"], ["x"]), ("encoder", ["x"], encoder_outputs)):
         graph = onnx.load(str(onnx_dir / f"{name}.onnx"))
         assert [i.name for i in graph.graph.input] == inputs
         assert [o.name for o in graph.graph.output] == outputs
@@ -108,6 +118,7 @@ def test_graphs_have_stable_names_a_dynamic_batch_and_match_the_checkpoint(stage
         assert {op.domain: op.version for op in graph.opset_import}[""] == 18
 
     model = load_model(stage["checkpoint"])
+    assert model.prior.kind == "mixture" and model.prior.components == 3
     decoder = onnx_runtime.create_session(onnx_dir / "decoder.onnx", "cpu")
     encoder = onnx_runtime.create_session(onnx_dir / "encoder.onnx", "cpu")
     rng = np.random.default_rng(123)
@@ -115,17 +126,21 @@ def test_graphs_have_stable_names_a_dynamic_batch_and_match_the_checkpoint(stage
         z = rng.standard_normal((batch, 2), dtype=np.float32)
         images = onnx_runtime.run_decoder(decoder, z)
         with torch.no_grad():
-            expected = model.decoder.decode(torch.from_numpy(z)).numpy()
+            expected = model.generate(torch.from_numpy(z)).numpy()  # through the fitted prior
+            unmapped = model.decoder.decode(torch.from_numpy(z)).numpy()
         assert images.shape == (batch, 1, 28, 28)
         assert np.abs(images - expected).max() < TOLERANCE
+        assert np.abs(images - unmapped).max() > 0.1  # the prior is inside the graph
         assert images.min() >= 0 and images.max() <= 1 and images.std() > 0.01
 
         x = rng.random((batch, 1, 28, 28), dtype=np.float32)
-        mu, logvar = onnx_runtime.run_encoder(encoder, x)
+        mu, logvar, reconstruction = onnx_runtime.run_autoencoder(encoder, x)
         with torch.no_grad():
             mu_ref, logvar_ref = (t.numpy() for t in model.encoder(torch.from_numpy(x)))
+            reconstruction_ref = model.decoder.decode(torch.from_numpy(mu_ref)).numpy()
         assert mu.shape == logvar.shape == (batch, 2)
         assert np.abs(mu - mu_ref).max() < TOLERANCE and np.abs(logvar - logvar_ref).max() < TOLERANCE
+        assert np.abs(reconstruction - reconstruction_ref).max() < TOLERANCE
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

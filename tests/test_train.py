@@ -213,3 +213,28 @@ def test_changed_params_refuse_an_unfinished_checkpoint_and_supersede_a_finished
     assert train(params, "train.lr=0.001") == 0  # a finished run of other params: start fresh
     fresh = load_checkpoint(last)
     assert fresh["config"]["train"]["lr"] == 0.001 and fresh["state"]["step"] == 8
+
+
+def test_the_latent_prior_is_fitted_after_training_and_refitted_without_retraining(
+    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str
+) -> None:
+    params = write_params(tmp_path, small_prepared_dir, model={"preset": "default"})
+    assert train(params, "train.prior=mixture", "train.prior_components=3") == 0
+    last = tmp_path / "checkpoints" / "last.pt"
+    trained = last.read_bytes()
+    model = load_model(tmp_path / "vaegan.pt")
+    assert model.prior.kind == "mixture" and model.prior.components == 3
+    assert torch.isclose(model.prior.weights.sum(), torch.tensor(1.0, dtype=model.prior.weights.dtype))
+    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert metrics["prior"] == "mixture" and metrics["prior_log_likelihood"] > -1e3
+
+    # Another prior re-fits on the same weights: no training step (last.pt untouched).
+    assert train(params, "train.prior=gaussian") == 0
+    assert last.read_bytes() == trained
+    refitted = load_model(tmp_path / "vaegan.pt")
+    assert refitted.prior.kind == "gaussian" and refitted.prior.components == 1
+    assert_equal_weights(state_dicts(tmp_path / "vaegan.pt"), {
+        name: getattr(model, name).state_dict() for name in ("encoder", "decoder", "discriminator")
+    })  # fmt: skip
+    assert train(params, "train.prior=standard") == 0
+    assert load_model(tmp_path / "vaegan.pt").prior.components == 0

@@ -7,6 +7,8 @@ Layout (every value is a tensor, a container of tensors or a plain Python value)
     model_args:     ModelArgs.to_dict()            (vaegan kind)
     config:         Config.to_dict() of the run that wrote it
     encoder, decoder, discriminator: state dicts   (vaegan kind)
+    prior:          {"kind", "components", "state"} of the fitted latent prior (final models only;
+                    absent: N(0, I))
     state:          further entries the writer owns (optimizers, schedulers, step, epoch,
                     RNG states, best metric, data sha256, ...)
 """
@@ -22,6 +24,7 @@ import torch
 
 from vaegan.atomic_io import write_bytes
 from vaegan.errors import CheckpointError
+from vaegan.latent_prior import LatentPrior
 from vaegan.networks import VAEGAN, ModelArgs, build_model
 
 FORMAT = "vaegan-checkpoint/1"
@@ -66,10 +69,18 @@ def model_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -
         model.encoder.load_state_dict(payload["encoder"])
         model.decoder.load_state_dict(payload["decoder"])
         model.discriminator.load_state_dict(payload["discriminator"])
+        if payload.get("prior") is not None:
+            model.prior = LatentPrior(args.latent_dim, int(payload["prior"]["components"]))
+            model.prior.load_state_dict(payload["prior"]["state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{source} does not match the model it describes: {first}") from exc
     return model.eval()
+
+
+def prior_payload(prior: LatentPrior, kind: str) -> dict[str, Any]:
+    """The checkpoint's `prior` entry for a fitted prior."""
+    return {"kind": kind, "components": prior.components, "state": prior.state_dict()}
 
 
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> VAEGAN:

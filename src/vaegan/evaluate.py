@@ -42,8 +42,8 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 1, 28, 28) in [0, 1] -
 
 # Top-level numeric keys of metrics/eval.json (the registry reads `fid` and `evaluator_test_accuracy`).
 METRIC_KEYS = (
-    "fid", "fid_recon", "fid_floor", "recon_mse", "recon_bce", "psnr", "ssim", "kl", "precision",
-    "recall", "evaluator_test_accuracy", "label_consistency", "sample_class_entropy",
+    "fid", "fid_standard_prior", "fid_recon", "fid_floor", "recon_mse", "recon_bce", "psnr", "ssim", "kl",
+    "precision", "recall", "evaluator_test_accuracy", "label_consistency", "sample_class_entropy",
 )  # fmt: skip
 NUM_EXAMPLES = 100  # prior samples kept for the report's grid
 
@@ -87,7 +87,7 @@ def _fid(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Autoencoder(Protocol):
-    """What evaluation needs of a model: x -> (mu, logvar) and z -> pixel probabilities.
+    """What evaluation needs of a model: reconstructions and generated images.
 
     `TorchAutoencoder` wraps a trained `VAEGAN`; `vaegan.onnx_scoring.OnnxAutoencoder` wraps the
     exported ONNX graphs, so the registry's artifacts are scored by the same code.
@@ -95,25 +95,53 @@ class Autoencoder(Protocol):
 
     latent_dim: int
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, 1, 28, 28) -> (mu, logvar, pixel probabilities of the decoded posterior mean)."""
+        ...
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+    def generate(self, noise: torch.Tensor) -> torch.Tensor:
+        """Standard-normal noise (B, Z) -> pixel probabilities, through the model's latent prior."""
+        ...
 
 
 class TorchAutoencoder:
-    """A `VAEGAN`'s encoder and decoder (eval mode, on `device`) as an `Autoencoder`."""
+    """A `VAEGAN`'s encoder, decoder and prior (eval mode, on `device`) as an `Autoencoder`."""
 
     def __init__(self, model: VAEGAN, device: torch.device) -> None:
         self.model = model.eval().to(device)
         self.device = device
         self.latent_dim = model.args.latent_dim
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.model.encoder(x.to(self.device))
-        return mu, logvar
+        return mu, logvar, self.model.decoder.decode(mu)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decoder.decode(z.to(self.device))
+    def generate(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.model.generate(noise.to(self.device))
+
+    def generate_standard(self, noise: torch.Tensor) -> torch.Tensor:
+        """Images from z ~ N(0, I), the prior the networks trained with (for `fid_standard`)."""
+        return self.model.decoder.decode(noise.to(self.device))
+
+
+def _generated(
+    generate: Callable[[torch.Tensor], torch.Tensor], *, num_samples: int, seed: int, latent_dim: int,
+    batch_size: int, evaluator: LeNet, extractor: FeatureFn | None, device: torch.device,
+) -> tuple[_Features, np.ndarray]:  # fmt: skip
+    """Features of `num_samples` generated images and the first NUM_EXAMPLES of them (uint8).
+
+    The noise comes from a CPU generator seeded with `seed`: the same draws on every device."""
+    generator = torch.Generator().manual_seed(seed)
+    fake = _Features()
+    kept: list[np.ndarray] = []
+    for start in range(0, num_samples, batch_size):
+        count = min(batch_size, num_samples - start)
+        noise = torch.randn(count, latent_dim, generator=generator).to(device)
+        samples = quantise(generate(noise).to(device))
+        fake.add(samples, evaluator, extractor)
+        if sum(len(k) for k in kept) < NUM_EXAMPLES:
+            kept.append(to_uint8_tensor(samples[:, 0]))
+    return fake, np.concatenate(kept)[:NUM_EXAMPLES]
 
 
 @torch.no_grad()
@@ -135,14 +163,14 @@ def evaluate_model(
     device = torch.device(device)
     autoencoder = TorchAutoencoder(model, device) if isinstance(model, VAEGAN) else model
     evaluator = evaluator.eval().to(device)
-    real, recon, val_set, fake = _Features(), _Features(), _Features(), _Features()
+    real, recon, val_set = _Features(), _Features(), _Features()
     sq_err = bce = 0.0
     kl_parts, mu_parts, recon_images = [], [], []
     x_all = images_to_tensor(test.images)  # (N, 1, 28, 28) in [0, 1], exactly the 8-bit data
     for start in range(0, len(test), batch_size):
         x = x_all[start : start + batch_size].to(device)
-        mu, logvar = autoencoder.encode(x)
-        probs = autoencoder.decode(mu).to(device)  # reconstructions from the posterior mean
+        mu, logvar, probs = autoencoder.reconstruct(x)  # reconstructions from the posterior mean
+        probs = probs.to(device)
         sq_err += float(((probs - x) ** 2).sum())
         bce += float(F.binary_cross_entropy(probs.float(), x, reduction="sum"))  # log clamped at -100
         kl_parts.append(M.gaussian_kl(mu.cpu().numpy(), logvar.cpu().numpy()))
@@ -155,16 +183,13 @@ def evaluate_model(
     for start in range(0, len(val), batch_size):
         val_set.add(x_val[start : start + batch_size].to(device), evaluator, feature_extractor)
 
-    generator = torch.Generator().manual_seed(seed)
-    latent_dim = autoencoder.latent_dim
-    kept: list[np.ndarray] = []
-    for start in range(0, num_samples, batch_size):
-        count = min(batch_size, num_samples - start)
-        z = torch.randn(count, latent_dim, generator=generator).to(device)  # CPU draws: device-independent
-        samples = quantise(autoencoder.decode(z).to(device))
-        fake.add(samples, evaluator, feature_extractor)
-        if sum(len(k) for k in kept) < NUM_EXAMPLES:
-            kept.append(to_uint8_tensor(samples[:, 0]))
+    def draw(generate: Callable[[torch.Tensor], torch.Tensor]) -> tuple[_Features, np.ndarray]:
+        return _generated(
+            generate, num_samples=num_samples, seed=seed, latent_dim=autoencoder.latent_dim,
+            batch_size=batch_size, evaluator=evaluator, extractor=feature_extractor, device=device,
+        )  # fmt: skip
+
+    fake, kept = draw(autoencoder.generate)
 
     real_f, real_labels = real.arrays()
     recon_f, recon_labels = recon.arrays()
@@ -175,8 +200,18 @@ def evaluate_model(
     precision, recall = M.precision_recall(real_f, fake_f, k=precision_recall_k)
     test_labels = test.labels.astype(np.int64)
     num_pixels = originals[0].size
+    prior = "standard"
+    fid_standard: float | None = None  # the same networks sampled from N(0, I); not in ONNX graphs
+    if isinstance(autoencoder, TorchAutoencoder):
+        prior = autoencoder.model.prior.kind
+        fid_standard = _fid(real_f, fake_f)
+        if prior != "standard":
+            standard, _ = draw(autoencoder.generate_standard)
+            fid_standard = _fid(real_f, standard.arrays()[0])
     values: dict[str, Any] = {
         "fid": _fid(real_f, fake_f),
+        "fid_standard_prior": fid_standard,
+        "prior": prior,
         "fid_recon": _fid(real_f, recon_f),
         "fid_floor": _fid(val_f, real_f),
         "recon_mse": sq_err / (len(test) * num_pixels),
@@ -199,7 +234,7 @@ def evaluate_model(
     }
     return Evaluation(
         metrics=values,
-        samples=np.concatenate(kept)[:NUM_EXAMPLES],
+        samples=kept,
         test_mu=np.concatenate(mu_parts),
         sample_class_counts=np.bincount(fake_labels, minlength=10),
         test_class_counts=np.bincount(test_labels, minlength=10),
@@ -327,7 +362,8 @@ def log_to_mlflow(config: Config, values: dict[str, Any], run_id: str | None, se
         ).info.run_id
         own_run = True
     now = int(time.time() * 1000)
-    numeric = {key: float(values[key]) for key in (*METRIC_KEYS, "num_samples", "num_test") if key in values}
+    keys = (*METRIC_KEYS, "num_samples", "num_test")
+    numeric = {key: float(values[key]) for key in keys if values.get(key) is not None}
     numeric["seconds"] = seconds
     client.log_batch(run_id, metrics=[Metric(f"eval/{key}", value, now, 0) for key, value in numeric.items()])
     client.set_tag(run_id, "eval.feature_extractor", str(values.get("feature_extractor")))

@@ -1,8 +1,12 @@
 """The export stage: encoder and decoder as ONNX graphs, verified before they replace the last export.
 
-- `decoder.onnx`: `z` float32 (batch, latent_dim) -> `x` float32 (batch, 1, 28, 28), pixel
-  probabilities in [0, 1] (the decoder's `decode`, sigmoid included).
-- `encoder.onnx`: `x` float32 (batch, 1, 28, 28) in [0, 1] -> `mu`, `logvar` (batch, latent_dim).
+- `decoder.onnx`, the generator: `z` float32 (batch, latent_dim), standard-normal noise ->
+  `x` float32 (batch, 1, 28, 28), pixel probabilities in [0, 1]. The model's latent prior (N(0, I)
+  or the one fitted after training, `train.prior`) is inside the graph: noise in, image out, so
+  every consumer draws the way the evaluation did (`VAEGAN.generate`).
+- `encoder.onnx`: `x` float32 (batch, 1, 28, 28) in [0, 1] -> `mu`, `logvar` (batch, latent_dim)
+  and `reconstruction` (batch, 1, 28, 28), the decoded posterior mean (the decoder itself, without
+  the prior, lives here so that reconstructions need no code-space input on the generator).
 
 Both come from `torch.onnx.export(dynamo=True)` in eval mode, traced at batch 2 with a dynamic axis
 named `batch`, and are saved as single self-contained files (no external `.data`). `export_model`
@@ -33,7 +37,7 @@ from vaegan.atomic_io import atomic_directory, atomic_path, write_json
 from vaegan.checkpoint import load_model
 from vaegan.config import Config
 from vaegan.errors import ConfigError, VaeganError
-from vaegan.networks import IMAGE_SHAPE, VAEGAN, Decoder
+from vaegan.networks import IMAGE_SHAPE, VAEGAN
 from vaegan.provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -52,15 +56,27 @@ class ParityError(VaeganError):
     """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
 
 
-class DecoderImages(nn.Module):
-    """z (B, Z) -> images (B, 1, 28, 28) in [0, 1] (`Decoder.decode`): the graph `decoder.onnx` holds."""
+class GeneratorGraph(nn.Module):
+    """noise (B, Z) -> images (B, 1, 28, 28) in [0, 1] (`VAEGAN.generate`): the graph `decoder.onnx` holds."""
 
-    def __init__(self, decoder: Decoder) -> None:
+    def __init__(self, model: VAEGAN) -> None:
         super().__init__()
-        self.decoder = decoder
+        self.model = model
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder.decode(z)
+        return self.model.generate(z)
+
+
+class EncoderGraph(nn.Module):
+    """x (B, 1, 28, 28) -> (mu, logvar, decoded mu): the graph `encoder.onnx` holds."""
+
+    def __init__(self, model: VAEGAN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.model.encoder(x)
+        return mu, logvar, self.model.decoder.decode(mu)
 
 
 @dataclass(frozen=True)
@@ -77,8 +93,10 @@ DECODER = GraphSpec("decoder", DECODER_FILE, (onnx_runtime.DECODER_INPUT,), (onn
 ENCODER = GraphSpec("encoder", ENCODER_FILE, (onnx_runtime.ENCODER_INPUT,), onnx_runtime.ENCODER_OUTPUTS)
 
 
-def _graph_module(model: VAEGAN, spec: GraphSpec) -> nn.Module:
-    return DecoderImages(model.decoder).train(model.training) if spec is DECODER else model.encoder
+def graph_module(model: VAEGAN, spec: GraphSpec) -> nn.Module:
+    """The module whose forward pass the graph of `spec` holds."""
+    module = GeneratorGraph(model) if spec is DECODER else EncoderGraph(model)
+    return module.train(model.training)
 
 
 def _example_input(model: VAEGAN, spec: GraphSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +111,7 @@ def _export_graph(model: VAEGAN, spec: GraphSpec, path: str | Path, opset: int) 
     target = Path(path)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    module = _graph_module(model, spec)
+    module = graph_module(model, spec)
     device = next(model.parameters()).device
     example = torch.from_numpy(_example_input(model, spec, TRACE_BATCH, np.random.default_rng(0)))
     try:
@@ -120,12 +138,12 @@ def _export_graph(model: VAEGAN, spec: GraphSpec, path: str | Path, opset: int) 
 
 
 def export_decoder_onnx(model: VAEGAN, path: str | Path, opset: int = 18) -> Path:
-    """Write the decoder graph (`z` -> `x` in [0, 1]) of `model` to `path`."""
+    """Write the generator graph (noise `z` -> `x` in [0, 1], prior inside) of `model` to `path`."""
     return _export_graph(model, DECODER, path, opset)
 
 
 def export_encoder_onnx(model: VAEGAN, path: str | Path, opset: int = 18) -> Path:
-    """Write the encoder graph (`x` -> `mu`, `logvar`) of `model` to `path`."""
+    """Write the encoder graph (`x` -> `mu`, `logvar`, `reconstruction`) of `model` to `path`."""
     return _export_graph(model, ENCODER, path, opset)
 
 
@@ -239,7 +257,7 @@ def _verify_graph(
     inputs, outputs = onnx_runtime.io_names(session)
     if (tuple(inputs), tuple(outputs)) != (spec.input_names, spec.output_names):
         raise ExportError(f"the {spec.name} graph has I/O {inputs} -> {outputs}, expected {spec}")
-    reference = _graph_module(model, spec)
+    reference = graph_module(model, spec)
     errors: dict[int, float] = {}
     for batch in batch_sizes:
         x = _example_input(model, spec, batch, rng)
@@ -335,7 +353,7 @@ def export_model(
             )  # fmt: skip
             _check_parity(report, tolerance)
             report.latency_ms = _measure_latency(
-                model=cpu_model, spec=spec, session=session, eager=_graph_module(eager_model, spec),
+                model=cpu_model, spec=spec, session=session, eager=graph_module(eager_model, spec),
                 device=torch_device, rng=rng, reps=latency_reps,
             )  # fmt: skip
             reports[spec.name] = report

@@ -142,6 +142,11 @@ class LatentPrior(nn.Module):
         self.register_buffer("means", torch.zeros(k, latent_dim))
         self.register_buffer("cholesky", torch.eye(latent_dim).repeat(k, 1, 1))
 
+    @property
+    def kind(self) -> str:
+        """standard (N(0, I)), gaussian (one component) or mixture."""
+        return PRIORS[min(self.components, 2)]
+
     @classmethod
     def from_fit(cls, fit: MixtureFit) -> LatentPrior:
         prior = cls(fit.means.shape[1], fit.components)
@@ -161,3 +166,29 @@ class LatentPrior(nn.Module):
         rescaled = ((u[:, 0] - lower) / self.weights[k]).clamp(_EPS_U, 1.0 - _EPS_U)  # (B,) uniform
         eps_k = torch.cat([_ndtri(rescaled)[:, None], eps[:, 1:]], dim=1)  # (B, Z) ~ N(0, I), indep. of k
         return self.means[k] + torch.bmm(self.cholesky[k], eps_k[:, :, None])[:, :, 0]
+
+
+@torch.no_grad()
+def encoder_means(
+    encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1000
+) -> np.ndarray:
+    """The encoder's posterior means (N, Z) float64 of uint8 images (N, 28, 28), in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    parts = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
+        mu, _ = encoder(x.unsqueeze(1).float().div_(255.0))  # (B, Z)
+        parts.append(mu.double().cpu().numpy())
+    encoder.train(was_training)
+    return np.concatenate(parts)
+
+
+def fit_prior(codes: np.ndarray, kind: str, components: int, seed: int) -> tuple[LatentPrior, float | None]:
+    """(the prior of `kind` fitted to codes (N, Z), its mean log-likelihood per code or None)."""
+    if kind not in PRIORS:
+        raise ValueError(f"unknown prior {kind!r}; expected one of {PRIORS}")
+    if kind == "standard":
+        return LatentPrior(codes.shape[1]), None
+    fit = fit_mixture(codes, 1 if kind == "gaussian" else components, seed=seed)
+    return LatentPrior.from_fit(fit), fit.log_likelihood

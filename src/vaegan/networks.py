@@ -3,6 +3,8 @@
 - `Encoder`  q(z|x): x (B, 1, 28, 28) in [0, 1] -> (mu, logvar), each (B, latent_dim)
 - `Decoder`  G(z):   z (B, latent_dim) -> logits (B, 1, 28, 28); `decode` applies the sigmoid
 - `Discriminator` D(x): x -> (logit (B,), features Dis_l (B, C, 7, 7))
+- `LatentPrior` (vaegan.latent_prior): noise (B, Z) -> codes z; N(0, I) while training, then the
+  prior fitted to the encoder means that generation draws from (`VAEGAN.generate`)
 
 Every size lives in `ModelArgs`, which is saved inside each checkpoint so that evaluation and
 export rebuild exactly the trained model. Strided transposed convolutions use k=4, s=2, p=1
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vaegan.latent_prior import LatentPrior
 from vaegan.stored_args import StoredArgs
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -149,7 +152,7 @@ class Discriminator(nn.Module):
 
 
 class VAEGAN(nn.Module):
-    """The three networks together; the discriminator is unused by the `vae` objective."""
+    """The three networks and the latent prior; the discriminator is unused by the `vae` objective."""
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -157,6 +160,11 @@ class VAEGAN(nn.Module):
         self.encoder = Encoder(args)
         self.decoder = Decoder(args)
         self.discriminator = Discriminator(args)
+        self.prior = LatentPrior(args.latent_dim)  # standard until `train` fits one
+
+    def generate(self, noise: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (B, 1, 28, 28) from standard-normal noise (B, Z), through the prior."""
+        return self.decoder.decode(self.prior(noise))
 
 
 def build_model(args: ModelArgs) -> VAEGAN:

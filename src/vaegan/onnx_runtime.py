@@ -34,7 +34,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DECODER_INPUT = "z"
 DECODER_OUTPUT = "x"
 ENCODER_INPUT = "x"
-ENCODER_OUTPUTS = ("mu", "logvar")
+ENCODER_OUTPUTS = ("mu", "logvar", "reconstruction")
 
 
 def cuda_driver_sees_gpu() -> bool:
@@ -120,7 +120,8 @@ def decoder_latent_dim(session: ort.InferenceSession) -> int:
 
 
 def run_decoder(session: ort.InferenceSession, z: np.ndarray) -> np.ndarray:
-    """z (B, latent_dim) -> pixel probabilities (B, 1, 28, 28) float32 in [0, 1]."""
+    """Noise z (B, latent_dim) -> pixel probabilities (B, 1, 28, 28) float32 in [0, 1] (generator graphs;
+    exports from before the fitted prior decode z as the code itself)."""
     (images,) = session.run([DECODER_OUTPUT], {DECODER_INPUT: np.ascontiguousarray(z, dtype=np.float32)})
     return np.asarray(images)
 
@@ -128,6 +129,20 @@ def run_decoder(session: ort.InferenceSession, z: np.ndarray) -> np.ndarray:
 def run_encoder(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (B, 1, 28, 28) in [0, 1] -> (mu, logvar), each (B, latent_dim) float32."""
     mu, logvar = session.run(
-        list(ENCODER_OUTPUTS), {ENCODER_INPUT: np.ascontiguousarray(x, dtype=np.float32)}
+        list(ENCODER_OUTPUTS[:2]), {ENCODER_INPUT: np.ascontiguousarray(x, dtype=np.float32)}
     )
     return np.asarray(mu), np.asarray(logvar)
+
+
+def has_reconstruction(session: ort.InferenceSession) -> bool:
+    """True for encoder graphs that also decode their mean (exports since the fitted prior)."""
+    return io_names(session)[1] == list(ENCODER_OUTPUTS)
+
+
+def run_autoencoder(
+    session: ort.InferenceSession, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (B, 1, 28, 28) in [0, 1] -> (mu, logvar, reconstruction (B, 1, 28, 28)) float32."""
+    outputs = session.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: np.ascontiguousarray(x, dtype=np.float32)})
+    mu, logvar, reconstruction = (np.asarray(o) for o in outputs)
+    return mu, logvar, reconstruction

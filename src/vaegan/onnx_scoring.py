@@ -8,7 +8,14 @@ import os
 import torch
 
 from vaegan.errors import CheckpointError
-from vaegan.onnx_runtime import create_session, decoder_latent_dim, run_decoder, run_encoder
+from vaegan.onnx_runtime import (
+    create_session,
+    decoder_latent_dim,
+    has_reconstruction,
+    run_autoencoder,
+    run_decoder,
+    run_encoder,
+)
 
 
 class OnnxAutoencoder:
@@ -30,9 +37,14 @@ class OnnxAutoencoder:
                 f"takes {self.latent_dim}-d codes: they are not one model"
             )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = run_encoder(self.encoder, x.detach().cpu().float().numpy())
-        return torch.from_numpy(mu), torch.from_numpy(logvar)
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_np = x.detach().cpu().float().numpy()
+        if has_reconstruction(self.encoder):
+            mu, logvar, probs = run_autoencoder(self.encoder, x_np)
+        else:  # an export from before the fitted prior: its decoder graph takes codes
+            mu, logvar = run_encoder(self.encoder, x_np)
+            probs = run_decoder(self.decoder, mu)
+        return torch.from_numpy(mu), torch.from_numpy(logvar), torch.from_numpy(probs)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(run_decoder(self.decoder, z.detach().cpu().float().numpy()))
+    def generate(self, noise: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run_decoder(self.decoder, noise.detach().cpu().float().numpy()))

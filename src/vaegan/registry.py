@@ -284,8 +284,10 @@ def _float(text: str) -> float | None:
 def model_card(role: str, io: str, tags: Mapping[str, str]) -> str:
     """The version's description (Markdown): what it is, its metrics and where it comes from."""
     purpose = {
-        "decoder": "Generates 28x28 grey-scale digits from latent vectors z ~ N(0, I).",
-        "encoder": "Maps 28x28 grey-scale digits to the mean and log-variance of q(z|x).",
+        "decoder": "Generates 28x28 grey-scale digits from noise z ~ N(0, I), mapped through the "
+        "model's latent prior (N(0, I) or the one fitted to the encoder means) inside the graph.",
+        "encoder": "Maps 28x28 grey-scale digits to the mean and log-variance of q(z|x), and to the "
+        "reconstruction decoded from that mean.",
     }[role]
     rows = [
         _metric_line("FID (prior samples) / recon / floor", tags, "fid", "fid_recon", "fid_floor"),

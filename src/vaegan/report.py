@@ -36,6 +36,7 @@ SCALE = 2  # PNG pixels per image pixel
 # (key, label, better, what it is)
 ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("fid", "FID (prior samples vs test)", "lower", "Fréchet distance of feature Gaussians"),
+    ("fid_standard_prior", "FID with z ~ N(0, I)", "lower", "the same networks without the fitted prior"),
     ("fid_recon", "FID (reconstructions vs test)", "lower", "same, for reconstructions of the test set"),
     ("precision", "Precision (k-NN)", "higher", "share of samples inside the real data's manifold"),
     ("recall", "Recall (k-NN)", "higher", "share of real data inside the samples' manifold"),
@@ -49,7 +50,7 @@ ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("label_consistency", "Label consistency", "higher", "evaluator labels x and its reconstruction alike"),
     ("evaluator_test_accuracy", "Evaluator test accuracy", "—", "the FID classifier on the test set"),
 )  # fmt: skip
-FLOOR = {"fid": "fid_floor", "fid_recon": "fid_floor"}
+FLOOR = {"fid": "fid_floor", "fid_standard_prior": "fid_floor", "fid_recon": "fid_floor"}
 
 
 @torch.no_grad()
@@ -141,7 +142,8 @@ def report_markdown(
         "",
         f"Model `{prov.get('checkpoint', '?')}` (objective `{prov.get('objective', '?')}`), "
         f"{metrics['feature_extractor']} features ({metrics['feature_dim']}-d).",
-        f"FID uses {metrics['num_samples']} prior samples (seed {metrics['seed']}) against the "
+        f"FID uses {metrics['num_samples']} samples of the `{metrics.get('prior', 'standard')}` latent prior "
+        f"(seed {metrics['seed']}) against the "
         f"{metrics['num_test']} test images; the floor is the {metrics['num_val']} validation images "
         "against the test images (real vs real). FID depends on N: compare models at the same N.",
         "",

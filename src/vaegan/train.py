@@ -29,10 +29,11 @@ from torch import nn
 
 from vaegan import distributed
 from vaegan.atomic_io import write_json, write_text
-from vaegan.checkpoint import load_checkpoint, save_checkpoint
+from vaegan.checkpoint import load_checkpoint, model_from_checkpoint, prior_payload, save_checkpoint
 from vaegan.devices import autocast_factory, deterministic_algorithms, select_device
 from vaegan.distributed import Distributed
 from vaegan.errors import ConfigError, TrainingError
+from vaegan.latent_prior import encoder_means, fit_prior
 from vaegan.networks import VAEGAN, ModelArgs, build_model, model_args_for
 from vaegan.prepared import data_sha256, load_split
 from vaegan.provenance import git_commit
@@ -76,12 +77,17 @@ class TrainingObserver(Protocol):
 
 @dataclass
 class TrainResult:
-    """A finished training: the model (CPU, eval mode), the final trainer state and the metrics."""
+    """A finished training: the model (CPU, eval mode), the final checkpoint payload, its trainer
+    state and the metrics."""
 
     model: VAEGAN
-    state: dict[str, Any]
+    payload: dict[str, Any]
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.payload["state"]
 
 
 @dataclass
@@ -454,7 +460,7 @@ def fit_vaegan(
             observer.on_checkpoint(final_payload)
     model.cpu().eval()
     return TrainResult(
-        model=model, state=final_payload["state"], history=list(state["history"]), metrics=metrics_out
+        model=model, payload=final_payload, history=list(state["history"]), metrics=metrics_out
     )
 
 
@@ -524,8 +530,30 @@ class _StageObserver:
         save_checkpoint(self.checkpoint_path, payload)
 
 
-def write_outputs(config: Config, payload: dict[str, Any]) -> None:
-    """Write train.model_path, train.metrics_path and train.history_path from a finished checkpoint."""
+def with_fitted_prior(config: Config, payload: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
+    """The finished checkpoint with `train.prior` fitted to its encoder's means of `images` (on CPU:
+    the same prior for the same weights wherever it trained) and the fit's log-likelihood in its
+    final metrics."""
+    model = model_from_checkpoint(payload)
+    codes = encoder_means(model.encoder, images, torch.device("cpu"))
+    train = config.train
+    prior, log_likelihood = fit_prior(codes, train.prior, train.prior_components, train.seed)
+    log.info(
+        "latent prior: %s, %d component(s), fitted to %d codes", train.prior, prior.components, len(codes)
+    )
+    metrics = {**payload["state"]["final_metrics"], "prior": train.prior}
+    metrics["prior_log_likelihood"] = log_likelihood
+    return {
+        **payload,
+        "prior": prior_payload(prior, train.prior),
+        "state": {**payload["state"], "final_metrics": metrics},
+    }
+
+
+def write_outputs(config: Config, payload: dict[str, Any], images: np.ndarray) -> None:
+    """Write train.model_path (with the latent prior fitted to the training `images`),
+    train.metrics_path and train.history_path from a finished checkpoint."""
+    payload = with_fitted_prior(config, payload, images)
     state = payload["state"]
     save_checkpoint(config.train.model_path, final_model_payload(payload))
     # The run id links `dvc exp show` / `dvc metrics show` to the MLflow run.
@@ -566,7 +594,7 @@ def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
     if decision.action == "complete":
         assert existing is not None
         if ctx.is_main:
-            write_outputs(config, existing)
+            write_outputs(config, existing, images)
             log.info("outputs rewritten from the finished checkpoint: %s", config.train.model_path)
         return 0
     resume = existing if decision.action == "resume" else None
@@ -623,16 +651,7 @@ def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
         raise
     if ctx.is_main:
         assert tracker is not None
-        payload = {
-            "kind": KIND,
-            "model_args": result.model.args.to_dict(),
-            "config": config.to_dict(),
-            "encoder": result.model.encoder.state_dict(),
-            "decoder": result.model.decoder.state_dict(),
-            "discriminator": result.model.discriminator.state_dict(),
-            "state": result.state,
-        }
-        write_outputs(config, payload)
+        write_outputs(config, result.payload, images)
         tracker.log_metrics(
             {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
             result.metrics["steps"],

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 # train.* keys that may differ between a checkpoint and the run resuming it.
 RESUME_IGNORED = frozenset(
     {
+        "prior",  # fitted after training, from the final weights
+        "prior_components",
         "epochs",  # a longer budget continues the same trajectory (the lr schedule is per epoch)
         "max_steps",
         "device",  # resuming on another device continues training, but not bit for bit
@@ -42,7 +44,9 @@ RESUME_IGNORED = frozenset(
 
 
 # The modules whose code decides the sequence of updates (the train stage's code deps in dvc.yaml).
-TRAINING_CODE = ("networks", "losses", "training_step", "training_state", "train", "distributed")
+TRAINING_CODE = (
+    "networks", "losses", "training_step", "training_state", "train", "distributed", "latent_prior",
+)  # fmt: skip
 
 
 def training_code_sha256() -> str:
