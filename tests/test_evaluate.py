@@ -215,7 +215,7 @@ def test_stage_writes_metrics_report_and_logs_to_mlflow(
     assert f"| {values['fid']:.4g} | 123.5 | {values['fid_floor']:.4g} |" in md
     assert "![Samples from the prior](samples.png)" in md
     table = [line for line in md.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 12
+    assert len(table) == 2 + 13  # a row per report.ROWS entry
     assert all(line.count("|") - line.count("\\|") == 7 for line in table)  # 6 columns, escaped pipes
     csv = (report / "sample_classes.csv").read_text().splitlines()
     assert csv[0] == "class,samples,test" and len(csv) == 11
