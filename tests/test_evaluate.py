@@ -57,7 +57,7 @@ def _core(
     test = load_split(prepared, "test")
     return evaluate.evaluate_model(
         model=model, evaluator=evaluator.load_evaluator(str(evaluator_path)),
-        test=Split(test.images[:400], test.labels[:400]), val=load_split(prepared, "val"),
+        test=Split(test.images[:400], test.labels[:400]), floor=load_split(prepared, "val"),
         num_samples=num_samples, seed=seed, batch_size=128,
     )  # fmt: skip
 
@@ -81,7 +81,7 @@ def test_metrics_are_complete_sane_and_deterministic(
     assert m["fid"] != other_seed.metrics["fid"]
     for key in evaluate.METRIC_KEYS:
         assert isinstance(m[key], float) and math.isfinite(m[key]), key
-    assert (m["num_samples"], m["num_test"], m["num_val"], m["seed"]) == (300, 400, 200, 0)
+    assert (m["num_samples"], m["num_test"], m["num_floor"], m["seed"]) == (300, 400, 200, 0)
     assert m["feature_dim"] == 128 and m["feature_extractor"] == "lenet"
     # An untrained decoder draws near-constant grey: far from the data, much farther than real vs real.
     assert m["fid_floor"] > 0 and m["fid"] > 10 * m["fid_floor"] and m["fid_recon"] > 10 * m["fid_floor"]
@@ -331,7 +331,7 @@ def test_evaluate_with_inception_features(
     model = build_model(model_args_for("seed")).eval()
     ev = evaluate.evaluate_model(
         model=model, evaluator=evaluator.load_evaluator(str(trained_evaluator)),
-        test=Split(test.images[:24], test.labels[:24]), val=Split(val.images[:16], val.labels[:16]),
+        test=Split(test.images[:24], test.labels[:24]), floor=Split(val.images[:16], val.labels[:16]),
         num_samples=24, seed=0, batch_size=8, feature_extractor=load_fid_inception(weights).eval(),
         feature_name="inception",
     )  # fmt: skip

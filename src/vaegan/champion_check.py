@@ -112,10 +112,10 @@ def check_champion(*, config: Config, seed: int, device: str = "auto") -> Champi
     if not Path(config.evaluator.path).is_file():
         raise CheckpointError(f"evaluator {config.evaluator.path} does not exist: `dvc pull evaluator` first")
     prepared = config.data.prepared_dir
-    test, val = load_split(prepared, "test"), load_split(prepared, "val")
+    test, train = load_split(prepared, "test"), load_split(prepared, "train")
     autoencoder = OnnxAutoencoder(encoder.path, decoder.path, device)
     evaluation = evaluate_model(
-        model=autoencoder, evaluator=load_evaluator(config.evaluator.path), test=test, val=val,
+        model=autoencoder, evaluator=load_evaluator(config.evaluator.path), test=test, floor=train,
         num_samples=config.evaluate.num_samples, seed=seed, batch_size=config.evaluate.batch_size,
         precision_recall_k=config.evaluate.precision_recall_k,
     )  # fmt: skip

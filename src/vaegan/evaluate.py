@@ -150,7 +150,7 @@ def evaluate_model(
     model: VAEGAN | Autoencoder,
     evaluator: LeNet,
     test: Split,
-    val: Split,
+    floor: Split,
     num_samples: int,
     seed: int,
     batch_size: int = 1000,
@@ -159,11 +159,12 @@ def evaluate_model(
     feature_name: str = "lenet",
     device: str | torch.device = "cpu",
 ) -> Evaluation:
-    """Measure `model` against the test split; `feature_extractor` None means the evaluator's fc1."""
+    """Measure `model` against the test split (`floor`: real images whose FID to the test split is the
+    floor); `feature_extractor` None means the evaluator's fc1."""
     device = torch.device(device)
     autoencoder = TorchAutoencoder(model, device) if isinstance(model, VAEGAN) else model
     evaluator = evaluator.eval().to(device)
-    real, recon, val_set = _Features(), _Features(), _Features()
+    real, recon, floor_set = _Features(), _Features(), _Features()
     sq_err = bce = 0.0
     kl_parts, mu_parts, recon_images = [], [], []
     x_all = images_to_tensor(test.images)  # (N, 1, 28, 28) in [0, 1], exactly the 8-bit data
@@ -179,9 +180,9 @@ def evaluate_model(
         recon_images.append(x_hat[:, 0].cpu().numpy())
         real.add(x, evaluator, feature_extractor)
         recon.add(x_hat, evaluator, feature_extractor)
-    x_val = images_to_tensor(val.images)
-    for start in range(0, len(val), batch_size):
-        val_set.add(x_val[start : start + batch_size].to(device), evaluator, feature_extractor)
+    x_floor = images_to_tensor(floor.images)  # real vs real: the FID of a perfect model at this N
+    for start in range(0, len(floor), batch_size):
+        floor_set.add(x_floor[start : start + batch_size].to(device), evaluator, feature_extractor)
 
     def draw(generate: Callable[[torch.Tensor], torch.Tensor]) -> tuple[_Features, np.ndarray]:
         return _generated(
@@ -193,7 +194,7 @@ def evaluate_model(
 
     real_f, real_labels = real.arrays()
     recon_f, recon_labels = recon.arrays()
-    val_f, _ = val_set.arrays()
+    floor_f, _ = floor_set.arrays()
     fake_f, fake_labels = fake.arrays()
     originals = test.images.astype(np.float64) / 255.0
     reconstructions = np.concatenate(recon_images).astype(np.float64)
@@ -213,7 +214,7 @@ def evaluate_model(
         "fid_standard_prior": fid_standard,
         "prior": prior,
         "fid_recon": _fid(real_f, recon_f),
-        "fid_floor": _fid(val_f, real_f),
+        "fid_floor": _fid(floor_f, real_f),
         "recon_mse": sq_err / (len(test) * num_pixels),
         "recon_bce": bce / len(test),
         "psnr": M.psnr(originals, reconstructions),
@@ -226,7 +227,7 @@ def evaluate_model(
         "sample_class_entropy": M.class_entropy(fake_labels),
         "num_samples": num_samples,
         "num_test": len(test),
-        "num_val": len(val),
+        "num_floor": len(floor),
         "seed": seed,
         "precision_recall_k": precision_recall_k,
         "feature_extractor": feature_name,
@@ -293,7 +294,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         )
     evaluator = load_evaluator(config.evaluator.path)
     prepared = config.data.prepared_dir
-    test, val = load_split(prepared, "test"), load_split(prepared, "val")
+    test, train = load_split(prepared, "test"), load_split(prepared, "train")
     log.info(
         "evaluating %s on %s: %d test images, %d prior samples (seed %d), %s features",
         model_path,
@@ -304,7 +305,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         cfg.feature_extractor,
     )
     evaluation = evaluate_model(
-        model=model, evaluator=evaluator, test=test, val=val, num_samples=cfg.num_samples, seed=cfg.seed,
+        model=model, evaluator=evaluator, test=test, floor=train, num_samples=cfg.num_samples, seed=cfg.seed,
         batch_size=cfg.batch_size, precision_recall_k=cfg.precision_recall_k, feature_extractor=extractor,
         feature_name=cfg.feature_extractor, device=device,
     )  # fmt: skip
