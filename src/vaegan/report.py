@@ -145,7 +145,8 @@ def report_markdown(
         f"FID uses {metrics['num_samples']} samples of the `{metrics.get('prior', 'standard')}` latent prior "
         f"(seed {metrics['seed']}) against the "
         f"{metrics['num_test']} test images; the floor is the {metrics['num_floor']} training images "
-        "against the test images (real vs real, at about the same N). FID depends on N: compare models at the same N.",
+        "against the test images (real vs real, at about the same N). "
+        "FID depends on N: compare models at the same N.",
         "",
         "| Metric | This model | Baseline (`vae`) | Real-data floor | Better | What it is |",
         "| --- | ---: | ---: | ---: | :---: | --- |",
