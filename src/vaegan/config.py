@@ -107,7 +107,7 @@ class TrainConfig:
     # The latent prior generation draws from, fitted to the encoder means after training:
     # standard = N(0, I); gaussian = one full-covariance Gaussian; mixture = prior_components of them.
     prior: Literal["standard", "gaussian", "mixture"] = "mixture"
-    prior_components: int = _range(10, ge=1)
+    prior_components: int = _range(40, ge=1)
     # Per-epoch loss curves (a DVC plot).
     history_path: str = "metrics/train_history.csv"
 
