@@ -238,3 +238,22 @@ def test_the_latent_prior_is_fitted_after_training_and_refitted_without_retraini
     })  # fmt: skip
     assert train(params, "train.prior=standard") == 0
     assert load_model(tmp_path / "vaegan.pt").prior.components == 0
+
+
+def test_decoder_ema_is_the_final_decoder_and_resumes_exactly(
+    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str
+) -> None:
+    one = tmp_path / "one"
+    params = write_params(one, small_prepared_dir, train={"ema_decay": 0.9})
+    assert train(params) == 0
+    last = load_checkpoint(one / "checkpoints" / "last.pt")
+    final = load_checkpoint(one / "vaegan.pt")
+    assert "decoder_ema" not in final and int(last["decoder_ema"]["n_averaged"]) == 8
+    for key, value in final["decoder"].items():
+        assert torch.equal(value, last["decoder_ema"][f"module.{key}"]), key
+    assert any(not torch.equal(v, last["decoder"][k]) for k, v in final["decoder"].items())
+
+    assert train(params, "train.epochs=2") == 0  # continues, the average with it
+    two = tmp_path / "two"
+    assert train(write_params(two, small_prepared_dir, train={"ema_decay": 0.9, "epochs": 2})) == 0
+    assert_equal_weights(state_dicts(one / "vaegan.pt"), state_dicts(two / "vaegan.pt"))

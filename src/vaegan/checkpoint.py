@@ -7,6 +7,8 @@ Layout (every value is a tensor, a container of tensors or a plain Python value)
     model_args:     ModelArgs.to_dict()            (vaegan kind)
     config:         Config.to_dict() of the run that wrote it
     encoder, decoder, discriminator: state dicts   (vaegan kind)
+    decoder_ema:    the decoder's moving average (AveragedModel state) while training, or None;
+                    the final model's `decoder` is that average
     prior:          {"kind", "components", "state"} of the fitted latent prior (final models only;
                     absent: N(0, I))
     state:          further entries the writer owns (optimizers, schedulers, step, epoch,

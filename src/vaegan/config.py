@@ -90,6 +90,9 @@ class TrainConfig:
     beta2: float = _range(0.999, ge=0, lt=1)
     # Exponential decay of all learning rates per epoch.
     lr_decay: float = _range(1.0, gt=0, le=1)
+    # Exponential moving average of the decoder's weights (and BatchNorm statistics), per step; the
+    # final model's decoder is the average. 0 = off.
+    ema_decay: float = _range(0.0, ge=0, lt=1)
     seed: int = _range(0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"

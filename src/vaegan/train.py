@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaegan import distributed
 from vaegan.atomic_io import write_json, write_text
@@ -275,6 +276,7 @@ def fit_vaegan(
     model.to(device)
     if train_cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    ema = decoder_ema(model, train_cfg.ema_decay, resume)
     epoch_acc = _Accumulator(torch.zeros(len(names), device=device))
     window_acc = _Accumulator(torch.zeros(len(names), device=device))
     if resume is not None:
@@ -320,6 +322,7 @@ def fit_vaegan(
             "encoder": model.encoder.state_dict(),
             "decoder": model.decoder.state_dict(),
             "discriminator": model.discriminator.state_dict(),
+            "decoder_ema": ema.state_dict() if ema is not None else None,
             "state": {
                 **(provenance or {}),
                 "step": step,
@@ -376,6 +379,8 @@ def fit_vaegan(
                 autocast,
                 average=(lambda t: distributed.average(t, ctx)) if ctx.enabled else None,
             )
+            if ema is not None:
+                ema.update_parameters(model.decoder)
             step += 1
             nonfinite.update(metrics, step)
             epoch_acc.add(metrics)
@@ -503,11 +508,27 @@ def history_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def decoder_ema(model: VAEGAN, decay: float, resume: dict[str, Any] | None) -> AveragedModel | None:
+    """The decoder's exponential moving average (torch.optim.swa_utils), resumed when the checkpoint
+    holds one; None when `decay` is 0."""
+    if decay == 0.0:
+        return None
+    ema = AveragedModel(model.decoder, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if resume is not None and resume.get("decoder_ema") is not None:
+        ema.load_state_dict(resume["decoder_ema"])
+    return ema
+
+
 def final_model_payload(checkpoint_payload: dict[str, Any]) -> dict[str, Any]:
-    """The `train.model_path` file: the checkpoint without optimizer/scheduler/RNG/accumulator state."""
+    """The `train.model_path` file: the checkpoint without optimizer/scheduler/RNG/accumulator state,
+    with the decoder's moving average as its decoder when training kept one."""
     heavy = {"optimizers", "schedulers", "rng", "epoch_sums", "window_sums"}
-    payload = {k: v for k, v in checkpoint_payload.items() if k not in ("format", "state")}
+    payload = {k: v for k, v in checkpoint_payload.items() if k not in ("format", "state", "decoder_ema")}
     payload["state"] = {k: v for k, v in checkpoint_payload["state"].items() if k not in heavy}
+    ema_state = checkpoint_payload.get("decoder_ema")
+    if ema_state is not None:
+        prefix = "module."  # AveragedModel's copy of the decoder; n_averaged is its own
+        payload["decoder"] = {k.removeprefix(prefix): v for k, v in ema_state.items() if k.startswith(prefix)}
     return payload
 
 
