@@ -80,7 +80,7 @@ class TrainConfig:
     equilibrium: bool = False
     equilibrium_target: float = _range(0.68, gt=0)
     equilibrium_margin: float = _range(0.35, ge=0)
-    epochs: int = _range(4, ge=1)
+    epochs: int = _range(6, ge=1)
     # 0 means run all epochs; otherwise stop after this many optimizer steps.
     max_steps: int = _range(0, ge=0)
     batch_size: int = _range(64, ge=1)
