@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vaegan.latent_prior import LatentPrior, MixtureFit, _ndtri, fit_mixture
+from vaegan.latent_prior import LatentPrior, MixtureFit, _ndtr, _ndtri, fit_mixture
 
 WEIGHTS = np.array([0.3, 0.7])
 MEANS = np.array([[-4.0, 0.0], [3.0, 2.0]])
@@ -50,3 +50,8 @@ def test_mixture_prior_samples_the_mixture() -> None:
     for mask, k in ((first, 0), (~first, 1)):
         np.testing.assert_allclose(z[mask].mean(0), MEANS[k], atol=0.03)
         np.testing.assert_allclose(np.cov(z[mask].T), COVS[k], atol=0.05)
+
+
+def test_ndtr_matches_torch() -> None:
+    x = torch.linspace(-8, 8, 2001, dtype=torch.float64)
+    np.testing.assert_allclose(_ndtr(x).numpy(), torch.special.ndtr(x).numpy(), rtol=2e-7, atol=1e-15)

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 PRIORS = ("standard", "gaussian", "mixture")
-_EPS_U = 1e-7  # keeps u' inside (0, 1) before Phi^-1
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,21 @@ def fit_mixture(
     return MixtureFit(weights=weights, means=means, cholesky=chol, log_likelihood=log_lik)
 
 
+def _constant(value: float | tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """`value` as a tensor of `like`'s dtype: the ONNX exporter stores bare Python floats as float32
+    constants, which costs float64 code 1e-8 of relative precision (and parity with torch)."""
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _horner(coeffs: tuple[float, ...], t: torch.Tensor) -> torch.Tensor:
+    """The polynomial with `coeffs` (highest power first) at t, in t's dtype."""
+    c = _constant(coeffs, t)
+    out = torch.zeros_like(t) + c[0]
+    for i in range(1, len(coeffs)):
+        out = out * t + c[i]
+    return out
+
+
 def _ndtri(u: torch.Tensor) -> torch.Tensor:
     """Phi^-1(u) for u in (0, 1): Acklam's rational approximation (relative error < 1.2e-9), written
     in elementwise ops so that it exports to ONNX (which has no erfinv)."""
@@ -107,10 +121,7 @@ def _ndtri(u: torch.Tensor) -> torch.Tensor:
     d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
 
     def poly(coeffs: tuple[float, ...], t: torch.Tensor) -> torch.Tensor:
-        out = torch.full_like(t, coeffs[0])
-        for coeff in coeffs[1:]:
-            out = out * t + coeff
-        return out
+        return _horner(coeffs, t)
 
     low = 0.02425
     q = u - 0.5
@@ -121,6 +132,18 @@ def _ndtri(u: torch.Tensor) -> torch.Tensor:
     tail = poly(c, s) / (poly(d, s) * s + 1.0)  # Phi^-1(tail_u), negative
     tail = torch.where(u > 0.5, -tail, tail)
     return torch.where(tail_u < low, tail, central)
+
+
+def _ndtr(x: torch.Tensor) -> torch.Tensor:
+    """Phi(x) from erfc's Chebyshev fit (Numerical Recipes `erfcc`, relative error < 1.2e-7), in
+    elementwise ops: ONNX Runtime has no float64 Erf kernel, and torch and the exported graph must
+    compute the same function."""
+    z = torch.abs(x) * _constant(1.0 / math.sqrt(2.0), x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    coeffs = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807,
+              -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223)  # fmt: skip
+    tail = 0.5 * t * torch.exp(-z * z + _horner(coeffs, t))  # Phi(-|x|)
+    return torch.where(x >= 0, 1.0 - tail, tail)
 
 
 class LatentPrior(nn.Module):
@@ -160,12 +183,21 @@ class LatentPrior(nn.Module):
     def forward(self, eps: torch.Tensor) -> torch.Tensor:
         if self.components == 0:
             return eps
-        u = 0.5 * (1.0 + torch.erf(eps[:, :1] / math.sqrt(2.0)))  # (B, 1) uniform
-        k = (u > self.boundaries).sum(1)  # (B,) component index
-        lower = torch.cat([torch.zeros(1, dtype=u.dtype, device=u.device), self.boundaries])[k]
-        rescaled = ((u[:, 0] - lower) / self.weights[k]).clamp(_EPS_U, 1.0 - _EPS_U)  # (B,) uniform
-        eps_k = torch.cat([_ndtri(rescaled)[:, None], eps[:, 1:]], dim=1)  # (B, Z) ~ N(0, I), indep. of k
-        return self.means[k] + torch.bmm(self.cholesky[k], eps_k[:, :, None])[:, :, 0]
+        # float64 inside: the rescaling divides by a component's weight and Phi^-1 is steep in the
+        # tails, so float32 rounding differences between runtimes grow past the export's parity
+        # tolerance, or flip a draw to the neighbouring component. MPS has no float64.
+        dtype = torch.float32 if eps.device.type == "mps" else torch.float64
+        eps_u = 1e-7 if dtype == torch.float32 else 1e-12  # keeps u' inside (0, 1) before Phi^-1
+        e = eps.to(dtype)
+        u = _ndtr(e[:, :1])  # (B, 1) uniform
+        boundaries, weights = self.boundaries.to(dtype), self.weights.to(dtype)
+        k = (u > boundaries).sum(1)  # (B,) component index
+        lower = torch.cat([torch.zeros(1, dtype=dtype, device=u.device), boundaries])[k]
+        margin = _constant(eps_u, u)
+        rescaled = torch.clamp((u[:, 0] - lower) / weights[k], margin, 1.0 - margin)  # (B,) uniform
+        eps_k = torch.cat([_ndtri(rescaled)[:, None], e[:, 1:]], dim=1)  # (B, Z) ~ N(0, I), indep. of k
+        z = self.means.to(dtype)[k] + torch.bmm(self.cholesky.to(dtype)[k], eps_k[:, :, None])[:, :, 0]
+        return z.to(eps.dtype)
 
 
 @torch.no_grad()
