@@ -1,9 +1,10 @@
-"""Sample quality of the quick profile, end to end (slow: about 6 minutes on a 2-core CPU).
+"""Sample quality of the quick profile, end to end (slow: about 8 minutes on a 2-core CPU).
 
-The real stages run on the shipped MNIST sample with params.yaml's defaults (4 epochs, the fitted
+The real stages run on the shipped MNIST sample with params.yaml's defaults (6 epochs, the fitted
 40-component prior), and the VAE-GAN is compared with the `vae` baseline trained and scored the same
-way. The bounds are the ones every measured seed meets (docs/training.md): a regression in training
-or in the prior fails here, in `make test-all`, not only in a benchmark table.
+way. The bounds hold with a margin on every measured seed (docs/training.md; other CPUs train other
+weights): a regression in training or in the prior fails here, in `make test-all`, not only in a
+benchmark table.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def test_quick_profile_prior_samples_beat_the_baseline_and_the_standard_prior(tm
     m = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     base = json.loads((tmp_path / "metrics" / "baseline" / "eval.json").read_text())
     assert m["prior"] == base["prior"] == "mixture" and m["num_samples"] == base["num_samples"] == 10_000
-    assert m["fid"] <= 0.3 * base["fid"]  # measured 0.12-0.17 over 3 seeds
-    assert m["fid"] <= 0.2 * m["fid_standard_prior"]  # measured 0.06-0.13
-    assert m["fid"] <= 25 * m["fid_floor"]  # measured 6.8-17x; the issue's goal is 5x
-    assert m["precision"] >= 0.8 and m["recall"] >= 0.4
+    assert m["fid"] <= 0.3 * base["fid"]  # measured 0.17-0.18 over 3 seeds
+    assert m["fid"] <= 0.15 * m["fid_standard_prior"]  # measured 0.046-0.054
+    assert m["fid"] <= 10 * m["fid_floor"]  # measured 4.8-6.5x; the issue's goal is 5x
+    assert m["precision"] >= 0.75 and m["recall"] >= 0.5  # measured 0.80-0.83 and 0.67-0.72
     assert m["sample_class_entropy"] >= 0.95 * math.log(10)
-    assert m["label_consistency"] >= 0.94
+    assert m["label_consistency"] >= 0.95  # measured 0.972-0.976
