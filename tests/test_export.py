@@ -51,7 +51,7 @@ def _payload(model: VAEGAN) -> dict:
         "kind": "vaegan", "model_args": model.args.to_dict(), "config": {"train": {"objective": "vaegan"}},
         "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
         "discriminator": model.discriminator.state_dict(), "state": {"step": 1, "completed": True},
-        "prior": prior_payload(model.prior, model.prior.kind),
+        "prior": prior_payload(model.prior),
     }  # fmt: skip
 
 

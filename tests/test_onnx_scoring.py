@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from test_export import _spread_weights, _with_mixture_prior
 from vaegan.evaluate import TorchAutoencoder
 from vaegan.export import export_decoder_onnx, export_encoder_onnx
 from vaegan.latent_prior import LatentPrior, fit_mixture
@@ -20,14 +21,7 @@ TOLERANCE = 1e-4
 
 
 def _model() -> VAEGAN:
-    torch.manual_seed(5)
-    model = build_model(model_args_for("seed"))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.mul_(6.0)
-    codes = np.random.default_rng(1).standard_normal((400, 2)) * [1.5, 0.4] + [2.0, 1.0]
-    model.prior = LatentPrior.from_fit(fit_mixture(codes, 3))
-    return model.eval()
+    return _with_mixture_prior(_spread_weights(build_model(model_args_for("seed")), seed=5)).eval()
 
 
 class _CodesToImages(nn.Module):

@@ -80,9 +80,9 @@ def model_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -
     return model.eval()
 
 
-def prior_payload(prior: LatentPrior, kind: str) -> dict[str, Any]:
+def prior_payload(prior: LatentPrior) -> dict[str, Any]:
     """The checkpoint's `prior` entry for a fitted prior."""
-    return {"kind": kind, "components": prior.components, "state": prior.state_dict()}
+    return {"kind": prior.kind, "components": prior.components, "state": prior.state_dict()}
 
 
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> VAEGAN:

@@ -201,16 +201,17 @@ def evaluate_model(
     precision, recall = M.precision_recall(real_f, fake_f, k=precision_recall_k)
     test_labels = test.labels.astype(np.int64)
     num_pixels = originals[0].size
+    fid = _fid(real_f, fake_f)
     prior = "standard"
     fid_standard: float | None = None  # the same networks sampled from N(0, I); not in ONNX graphs
     if isinstance(autoencoder, TorchAutoencoder):
         prior = autoencoder.model.prior.kind
-        fid_standard = _fid(real_f, fake_f)
+        fid_standard = fid
         if prior != "standard":
             standard, _ = draw(autoencoder.generate_standard)
             fid_standard = _fid(real_f, standard.arrays()[0])
     values: dict[str, Any] = {
-        "fid": _fid(real_f, fake_f),
+        "fid": fid,
         "fid_standard_prior": fid_standard,
         "prior": prior,
         "fid_recon": _fid(real_f, recon_f),

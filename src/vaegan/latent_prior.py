@@ -6,7 +6,7 @@ prior samples from the holes are the malformed digits. Sampling from a density f
 (Larsen et al.'s own MNIST script fits a full-covariance Gaussian; Ghosh et al. 2020 a 10-component
 mixture) avoids them at the cost of seconds after training.
 
-`MixturePrior` maps standard-normal noise eps (B, Z) to codes z (B, Z) with elementwise ops, a gather
+`LatentPrior` maps standard-normal noise eps (B, Z) to codes z (B, Z) with elementwise ops, a gather
 and a matmul only, so that it exports to ONNX inside the generator graph (noise in, image out): the
 first noise coordinate picks the component (u = Phi(eps_0) against the cumulative weights) and is
 then re-used, rescaled to the chosen component's interval and mapped back through Phi^-1, as that
@@ -120,16 +120,13 @@ def _ndtri(u: torch.Tensor) -> torch.Tensor:
          -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)  # fmt: skip
     d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
 
-    def poly(coeffs: tuple[float, ...], t: torch.Tensor) -> torch.Tensor:
-        return _horner(coeffs, t)
-
     low = 0.02425
     q = u - 0.5
     r = q * q
-    central = q * poly(a, r) / (poly(b, r) * r + 1.0)
+    central = q * _horner(a, r) / (_horner(b, r) * r + 1.0)
     tail_u = torch.minimum(u, 1.0 - u)
     s = torch.sqrt(-2.0 * torch.log(tail_u))
-    tail = poly(c, s) / (poly(d, s) * s + 1.0)  # Phi^-1(tail_u), negative
+    tail = _horner(c, s) / (_horner(d, s) * s + 1.0)  # Phi^-1(tail_u), negative
     tail = torch.where(u > 0.5, -tail, tail)
     return torch.where(tail_u < low, tail, central)
 
@@ -157,7 +154,6 @@ class LatentPrior(nn.Module):
 
     def __init__(self, latent_dim: int, components: int = 0) -> None:
         super().__init__()
-        self.latent_dim = latent_dim
         self.components = components  # 0: standard; the buffers' shapes depend on it
         k = max(components, 1)
         self.register_buffer("boundaries", torch.zeros(k - 1))
@@ -201,17 +197,14 @@ class LatentPrior(nn.Module):
 
 
 @torch.no_grad()
-def encoder_means(
-    encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1000
-) -> np.ndarray:
-    """The encoder's posterior means (N, Z) float64 of uint8 images (N, 28, 28), in eval mode."""
+def encoder_means(encoder: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+    """The encoder's posterior means (N, Z) float64 of images x (N, 1, 28, 28) in [0, 1], in eval mode."""
     was_training = encoder.training
     encoder.eval()
-    parts = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
-        mu, _ = encoder(x.unsqueeze(1).float().div_(255.0))  # (B, Z)
-        parts.append(mu.double().cpu().numpy())
+    parts = [
+        encoder(x[start : start + batch_size])[0].double().cpu().numpy()
+        for start in range(0, len(x), batch_size)
+    ]
     encoder.train(was_training)
     return np.concatenate(parts)
 

@@ -556,17 +556,17 @@ def with_fitted_prior(config: Config, payload: dict[str, Any], images: np.ndarra
     the same prior for the same weights wherever it trained) and the fit's log-likelihood in its
     final metrics."""
     model = model_from_checkpoint(payload)
-    codes = encoder_means(model.encoder, images, torch.device("cpu"))
+    codes = encoder_means(model.encoder, images_to_device(images, torch.device("cpu"), channels_last=False))
     train = config.train
     prior, log_likelihood = fit_prior(codes, train.prior, train.prior_components, train.seed)
     log.info(
-        "latent prior: %s, %d component(s), fitted to %d codes", train.prior, prior.components, len(codes)
+        "latent prior: %s, %d component(s), fitted to %d codes", prior.kind, prior.components, len(codes)
     )
-    metrics = {**payload["state"]["final_metrics"], "prior": train.prior}
+    metrics = {**payload["state"]["final_metrics"], "prior": prior.kind}
     metrics["prior_log_likelihood"] = log_likelihood
     return {
         **payload,
-        "prior": prior_payload(prior, train.prior),
+        "prior": prior_payload(prior),
         "state": {**payload["state"], "final_metrics": metrics},
     }
 
