@@ -13,7 +13,7 @@ PREPARED_DIR = Path("data/prepared")
 def _sample_images(split: str) -> np.ndarray:
     from importlib import resources
 
-    from vaegan.idx import read_images
+    from vaegan.data.idx import read_images
 
     name = "train-images-idx3-ubyte.gz" if split == "train" else "t10k-images-idx3-ubyte.gz"
     with resources.as_file(resources.files("vaegan") / "sample_data" / "mnist" / name) as path:

@@ -37,8 +37,8 @@ def project_fid(
     device: torch.device, batch_size: int = 1000, seed: int = 0,
 ) -> float:  # fmt: skip
     """FID with the project's functions, as `evaluate_model` computes `fid` (real: (N, 1, 28, 28))."""
-    from vaegan import metrics as M
     from vaegan.evaluate import quantise
+    from vaegan.scoring import metrics as M
 
     def features(images: torch.Tensor) -> np.ndarray:
         return evaluator.features(images).double().cpu().numpy()
@@ -93,7 +93,7 @@ def measure_fid(
     """Seconds of each side over `repeats` runs (after one warm-up), and their FID values."""
     from bench.data import real_images
     from vaegan.evaluator import EvaluatorArgs, LeNet, images_to_tensor
-    from vaegan.networks import build_model, model_args_for
+    from vaegan.nn.networks import build_model, model_args_for
 
     torch.manual_seed(0)
     args = model_args_for("default")

@@ -63,7 +63,7 @@ def measure_inference(
     import onnxruntime as ort
 
     from vaegan.export import DECODER, ENCODER, graph_module
-    from vaegan.networks import build_model, model_args_for
+    from vaegan.nn.networks import build_model, model_args_for
 
     torch.manual_seed(0)
     model = build_model(model_args_for("default")).eval()

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.merge: {exc}", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO_ROOT / "src"))
-    from vaegan.atomic_io import write_json, write_text
+    from vaegan.artifacts.atomic_io import write_json, write_text
 
     path = args.out / f"{merged['device']}.json"
     write_json(path, merged)

@@ -1,7 +1,7 @@
 """`python -m bench.run [--quick] [--out bench/results]`: measure every stage next to its reference,
 print a table and write `<out>/<device>.json`.
 
-The device is chosen like the trainer chooses it (`vaegan.devices.select_device("auto")`). Each
+The device is chosen like the trainer chooses it (`vaegan.nn.devices.select_device("auto")`). Each
 training configuration runs in its own process (`bench.training`); FID, inference and
 orchestration run in this one. Parts whose dependencies are missing are recorded as skipped with
 the reason (the GPU image has torch but no dvc/prefect/mlflow).
@@ -353,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.report import render
-    from vaegan.atomic_io import write_json, write_text
-    from vaegan.devices import select_device
+    from vaegan.artifacts.atomic_io import write_json, write_text
+    from vaegan.nn.devices import select_device
 
     device = select_device("auto")
     plan = _overridden(plan_for(args.quick, device.type), args)

@@ -1,6 +1,6 @@
 """Training throughput: `vaegan train`'s loop (`vaegan.train.fit_vaegan`) against a textbook loop.
 
-Both sides train the same networks (`vaegan.networks.build_model`) with the same losses, gradient
+Both sides train the same networks (`vaegan.nn.networks.build_model`) with the same losses, gradient
 routing and Adam settings, on 60,000 MNIST images:
 
 - project: `fit_vaegan` itself, with the data on the device, no per-step host syncs, noise drawn on
@@ -108,7 +108,7 @@ def textbook_throughput(
     """Images/s of each timed window of the plain PyTorch loop described in the module docstring."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from vaegan.networks import build_model, model_args_for
+    from vaegan.nn.networks import build_model, model_args_for
 
     torch.manual_seed(0)
     model = build_model(model_args_for(preset)).to(device).train()
@@ -175,7 +175,7 @@ def measure(
 ) -> dict[str, Any]:  # fmt: skip
     """Run one implementation in this process; throughput windows and this process's peak memory."""
     from bench.data import real_images
-    from vaegan.devices import select_device
+    from vaegan.nn.devices import select_device
 
     device = select_device(device_name)
     images, source = real_images("train", num_images)

@@ -21,8 +21,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from vaegan import champion_check, dvc_stages
+from vaegan import check_champion
 from vaegan.config import Config, load_config
+from vaegan.flows import dvc_stages
 
 
 @task(retries=2, retry_delay_seconds=15, task_run_name="dvc pull test data")
@@ -39,9 +40,9 @@ def ensure_test_data(config: Config, remote: str | None) -> list[str]:
 
 
 @task(retries=2, retry_delay_seconds=15, task_run_name="score the champion")
-def score_champion(config: Config, seed: int, device: str) -> champion_check.ChampionReport:
-    report = champion_check.check_champion(config=config, seed=seed, device=device)
-    champion_check.log_check(config, report)
+def score_champion(config: Config, seed: int, device: str) -> check_champion.ChampionReport:
+    report = check_champion.check_champion(config=config, seed=seed, device=device)
+    check_champion.log_check(config, report)
     get_run_logger().info(report.message())
     return report
 
@@ -58,13 +59,13 @@ def evaluate_champion(
     os.chdir(repo_dir)
     config = load_config(params_path)
     ensure_test_data(config, remote)
-    chosen_seed = champion_check.fresh_seed() if seed is None else seed
+    chosen_seed = check_champion.fresh_seed() if seed is None else seed
     report = score_champion(config, chosen_seed, device)
-    markdown = champion_check.report_markdown(report)
+    markdown = check_champion.report_markdown(report)
     create_markdown_artifact(key="champion-evaluation", markdown=markdown, description=report.message())
     if not report.passed:
         create_markdown_artifact(key="champion-drift", markdown=markdown, description=report.message())
-        raise champion_check.ChampionDrift(report.message())
+        raise check_champion.ChampionDrift(report.message())
     return {
         "passed": report.passed,
         "fid": report.fid,
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         evaluate_champion(seed=args.seed, params_path=args.params, device=args.device, remote=args.remote)
-    except champion_check.ChampionDrift as exc:
+    except check_champion.ChampionDrift as exc:
         print(f"evaluate-champion: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -23,8 +23,9 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from vaegan import dvc_stages
 from vaegan.config import Config, load_config
+from vaegan.flows import dvc_stages
+from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
 from vaegan.registry import (
     PromotionDecision,
     Registration,
@@ -32,8 +33,7 @@ from vaegan.registry import (
     promote_challenger,
     register_models,
 )
-from vaegan.retrain_summary import RetrainSummary, summary_markdown
-from vaegan.tracking import tracking_uri
+from vaegan.tracking.store import tracking_uri
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from vaegan.config import Config, build_config
-from vaegan.idx import read_images, read_labels
-from vaegan.prepared import split_files
+from vaegan.data.idx import read_images, read_labels
+from vaegan.data.splits import split_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

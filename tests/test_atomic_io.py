@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaegan.atomic_io import atomic_directory, write_bytes
-from vaegan.checkpoint import save_checkpoint
+from vaegan.artifacts.atomic_io import atomic_directory, write_bytes
+from vaegan.artifacts.checkpoint import save_checkpoint
 
 
 def test_written_files_get_umask_permissions(tmp_path: Path) -> None:

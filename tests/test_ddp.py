@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT, tiny_config
-from vaegan.checkpoint import load_checkpoint, load_model
+from vaegan.artifacts.checkpoint import load_checkpoint, load_model
 
 
 @pytest.mark.slow

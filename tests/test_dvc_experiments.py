@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.test_dvc_pipeline import dvc, git
 from vaegan.config import TrackingConfig
-from vaegan.tracking import tracking_uri
+from vaegan.tracking.store import tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = {

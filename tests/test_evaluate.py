@@ -14,11 +14,11 @@ import torch
 
 from conftest import REPO_ROOT, tiny_config
 from vaegan import evaluate, evaluator
-from vaegan.checkpoint import save_checkpoint
+from vaegan.artifacts.checkpoint import save_checkpoint
+from vaegan.data.splits import Split, load_split
 from vaegan.errors import CheckpointError
-from vaegan.latent_prior import LatentPrior, fit_mixture
-from vaegan.networks import build_model, model_args_for
-from vaegan.prepared import Split, load_split
+from vaegan.nn.latent_prior import LatentPrior, fit_mixture
+from vaegan.nn.networks import build_model, model_args_for
 
 
 def _vaegan_payload(preset: str, state: dict | None = None, seed: int = 0) -> dict:
@@ -261,7 +261,7 @@ def test_stage_without_run_id_creates_an_evaluate_run(
 
 
 def test_inception_weights_round_trip_and_errors(tmp_path: Path) -> None:
-    from vaegan.inception import FEATURE_DIM, FIDInception, load_fid_inception
+    from vaegan.scoring.inception import FEATURE_DIM, FIDInception, load_fid_inception
 
     torch.manual_seed(0)
     source = FIDInception().eval()
@@ -288,7 +288,7 @@ def test_inception_key_layout_matches_torchvision_inception3() -> None:
     """pytorch-fid's weights file is a torchvision Inception3 (1008 classes, no aux head) state dict."""
     from torchvision.models import inception as tv
 
-    from vaegan.inception import FIDInception
+    from vaegan.scoring.inception import FIDInception
 
     ours = {k: tuple(v.shape) for k, v in FIDInception().net.state_dict().items()}
     reference = tv.Inception3(num_classes=1008, aux_logits=False, init_weights=False).state_dict()
@@ -299,7 +299,7 @@ def test_inception_pool_branch_ignores_padding() -> None:
     """TF's pool branch averages valid pixels only: on a constant map it stays constant at the border."""
     from torchvision.models import inception as tv
 
-    from vaegan.inception import TFInceptionA, TFInceptionE
+    from vaegan.scoring.inception import TFInceptionA, TFInceptionE
 
     torch.manual_seed(0)
     ours, plain = TFInceptionA(192, pool_features=32).eval(), tv.InceptionA(192, pool_features=32).eval()
@@ -322,7 +322,7 @@ def test_inception_pool_branch_ignores_padding() -> None:
 def test_evaluate_with_inception_features(
     tmp_path: Path, small_prepared_dir: Path, trained_evaluator: Path
 ) -> None:
-    from vaegan.inception import FIDInception, load_fid_inception
+    from vaegan.scoring.inception import FIDInception, load_fid_inception
 
     torch.manual_seed(0)
     weights = tmp_path / "inception.pth"

@@ -13,11 +13,11 @@ import torch
 
 from conftest import REPO_ROOT, tiny_config
 from vaegan import evaluator
-from vaegan.checkpoint import save_checkpoint
+from vaegan.artifacts.checkpoint import save_checkpoint
+from vaegan.data.idx import read_images, read_labels
+from vaegan.data.splits import Split, load_split
 from vaegan.errors import CheckpointError
-from vaegan.idx import read_images, read_labels
-from vaegan.networks import build_model, model_args_for
-from vaegan.prepared import Split, load_split
+from vaegan.nn.networks import build_model, model_args_for
 
 
 def _train(split: Split, test: Split, seed: int) -> evaluator.LeNet:

@@ -13,13 +13,14 @@ import torch
 import yaml
 
 from conftest import tiny_config
-from vaegan import cli, onnx_runtime
-from vaegan.checkpoint import load_model, prior_payload, save_checkpoint
+from vaegan import cli
+from vaegan.artifacts import onnx_runtime
+from vaegan.artifacts.checkpoint import load_model, prior_payload, save_checkpoint
+from vaegan.artifacts.provenance import sha256_file
 from vaegan.errors import VaeganError
 from vaegan.export import ParityError, export_decoder_onnx, export_model
-from vaegan.latent_prior import LatentPrior, fit_mixture
-from vaegan.networks import VAEGAN, build_model, model_args_for
-from vaegan.provenance import sha256_file
+from vaegan.nn.latent_prior import LatentPrior, fit_mixture
+from vaegan.nn.networks import VAEGAN, build_model, model_args_for
 
 TOLERANCE = 1e-4
 

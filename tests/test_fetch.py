@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from vaegan.datasets import DATASETS, MNIST, SAMPLE_SHA256
+from vaegan.data.datasets import DATASETS, MNIST, SAMPLE_SHA256
 from vaegan.errors import ConfigError, DataError
 from vaegan.fetch import SOURCE_FILE, DownloadUnavailable, fetch_dataset
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from vaegan import dvc_stages
-from vaegan.champion_check import ChampionDrift
+from vaegan.check_champion import ChampionDrift
 from vaegan.config import load_config
-from vaegan.dvc_stages import StageFailed
+from vaegan.flows import dvc_stages
+from vaegan.flows.dvc_stages import StageFailed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,9 +211,9 @@ def test_evaluate_champion_fails_on_a_degraded_champion(in_repo: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     from pipelines.evaluate_champion import evaluate_champion
-    from vaegan.checkpoint import load_checkpoint, save_checkpoint
+    from vaegan.artifacts.checkpoint import load_checkpoint, save_checkpoint
+    from vaegan.artifacts.provenance import sha256_file
     from vaegan.cli import main as vaegan_main
-    from vaegan.provenance import sha256_file
     from vaegan.registry import register_models
 
     payload = load_checkpoint("models/vaegan.pt")

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaegan.datasets import SAMPLE_SHA256
+from vaegan.data.datasets import SAMPLE_SHA256
+from vaegan.data.idx import IMAGES_MAGIC, LABELS_MAGIC, idx_shape, read_idx_bytes, read_images, read_labels
 from vaegan.errors import DataError
-from vaegan.idx import IMAGES_MAGIC, LABELS_MAGIC, idx_shape, read_idx_bytes, read_images, read_labels
 
 # The first ten labels of the official MNIST training set.
 FIRST_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 
 
 def idx_bytes(array: np.ndarray, magic_ndim: int | None = None, type_byte: int = 0x08) -> bytes:
-    """Encode a uint8 array as IDX (the header written by hand, independently of vaegan.idx)."""
+    """Encode a uint8 array as IDX (the header written by hand, independently of vaegan.data.idx)."""
     ndim = array.ndim if magic_ndim is None else magic_ndim
     header = struct.pack(">HBB", 0, type_byte, ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(np.uint8).tobytes()

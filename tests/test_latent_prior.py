@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vaegan.latent_prior import LatentPrior, MixtureFit, _ndtr, _ndtri, fit_mixture
+from vaegan.nn.latent_prior import LatentPrior, MixtureFit, _ndtr, _ndtri, fit_mixture
 
 WEIGHTS = np.array([0.3, 0.7])
 MEANS = np.array([[-4.0, 0.0], [3.0, 2.0]])

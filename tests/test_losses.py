@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vaegan.losses import (
+from vaegan.nn.losses import (
     discriminator_bce,
     equilibrium_gates,
     feature_llike,
@@ -22,8 +22,8 @@ from vaegan.losses import (
     kl_prior,
     pixel_recon,
 )
-from vaegan.networks import build_model, model_args_for
-from vaegan.training_step import (
+from vaegan.nn.networks import build_model, model_args_for
+from vaegan.nn.step import (
     LossSettings,
     StepModules,
     backward_passes,
@@ -94,7 +94,7 @@ def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def _expected_terms(model, x, eps, z_prior, gan_on_recon=True):
-    """The loss terms written out independently of vaegan.losses (same single forward layout)."""
+    """The loss terms written out independently of vaegan.nn.losses (same single forward layout)."""
     b = x.shape[0]
     mu, logvar = model.encoder(x)
     z = mu + eps * torch.exp(0.5 * logvar)

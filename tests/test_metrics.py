@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 from scipy.signal import convolve2d
 
-from vaegan import metrics
+from vaegan.scoring import metrics
 
 
 def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:

@@ -28,12 +28,12 @@ from mlflow.tracking import MlflowClient
 
 from conftest import tiny_config
 from promotion_worker import promote_in_child
-from vaegan.checkpoint import save_checkpoint
+from vaegan.artifacts.checkpoint import save_checkpoint
+from vaegan.artifacts.provenance import sha256_file
 from vaegan.config import Config
 from vaegan.errors import RegistryError
 from vaegan.export import export_decoder_onnx, export_encoder_onnx
-from vaegan.networks import build_model, model_args_for
-from vaegan.provenance import sha256_file
+from vaegan.nn.networks import build_model, model_args_for
 from vaegan.registry import (
     CHALLENGER,
     CHAMPION,

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT, tiny_config
-from vaegan.checkpoint import load_checkpoint
+from vaegan.artifacts.checkpoint import load_checkpoint
 
 # 512 images / batch 16 = 32 steps per epoch, 2 epochs: 64 steps, a checkpoint every 5.
 TRAIN = {"limit_train_images": 512, "batch_size": 16, "epochs": 2, "checkpoint_every": 5, "log_every": 4}
@@ -152,7 +152,7 @@ def test_changed_training_code_supersedes_a_finished_checkpoint() -> None:
     """After a code change DVC re-runs `train`: the old code's finished model must not be reused."""
     from vaegan.config import Config
     from vaegan.errors import CheckpointError
-    from vaegan.training_state import decide_resume, resume_key, training_code_sha256
+    from vaegan.nn.resume import decide_resume, resume_key, training_code_sha256
 
     key = resume_key(Config(), "d" * 64, 1)
     assert key["code_sha256"] == training_code_sha256() and len(key["code_sha256"]) == 64

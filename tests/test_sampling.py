@@ -14,12 +14,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from vaegan import onnx_runtime, sampling
+from vaegan import sample
+from vaegan.artifacts import onnx_runtime
+from vaegan.artifacts.images import image_grid, to_uint8
 from vaegan.config import Config
 from vaegan.errors import CheckpointError, ConfigError
 from vaegan.export import export_decoder_onnx
-from vaegan.images import image_grid, to_uint8
-from vaegan.networks import VAEGAN, build_model, model_args_for
+from vaegan.nn.networks import VAEGAN, build_model, model_args_for
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def decoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, VAEGAN]:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    """Decode the 8-bit greyscale, filter-0 PNGs `vaegan.images` writes."""
+    """Decode the 8-bit greyscale, filter-0 PNGs `vaegan.artifacts.images` writes."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
@@ -56,16 +57,16 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_generate_matches_the_torch_decoder_and_is_seeded(decoder: tuple[Path, VAEGAN]) -> None:
     path, model = decoder
     session = onnx_runtime.create_session(path, "cpu")
-    images = sampling.generate(session, 16, seed=7)
+    images = sample.generate(session, 16, seed=7)
     assert images.shape == (16, 28, 28) and images.dtype == np.uint8
     z = np.random.default_rng(7).standard_normal((16, 2), dtype=np.float32)
     with torch.no_grad():
         expected = to_uint8(model.decoder.decode(torch.from_numpy(z)).numpy()[:, 0])
     assert np.abs(images.astype(int) - expected).max() <= 1  # a rounding boundary at most
     assert images.std() > 10  # not a flat grey field
-    assert np.array_equal(sampling.generate(session, 16, seed=7), images)
-    assert not np.array_equal(sampling.generate(session, 16, seed=8), images)
-    assert np.array_equal(sampling.generate(session, 16, seed=7, latent_dim=2), images)
+    assert np.array_equal(sample.generate(session, 16, seed=7), images)
+    assert not np.array_equal(sample.generate(session, 16, seed=8), images)
+    assert np.array_equal(sample.generate(session, 16, seed=7, latent_dim=2), images)
 
 
 def test_cli_writes_a_deterministic_png_grid(decoder: tuple[Path, VAEGAN], tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_cli_writes_a_deterministic_png_grid(decoder: tuple[Path, VAEGAN], tmp_p
     assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "again.png").read_bytes()
     assert (tmp_path / "grid.png").read_bytes() != (tmp_path / "other.png").read_bytes()
     session = onnx_runtime.create_session(path, "cpu")
-    assert np.array_equal(grid, image_grid(sampling.generate(session, 16, seed=5), ncols=4))
+    assert np.array_equal(grid, image_grid(sample.generate(session, 16, seed=5), ncols=4))
 
 
 def test_cli_rejects_n_below_one(decoder: tuple[Path, VAEGAN], tmp_path: Path) -> None:
@@ -116,12 +117,12 @@ def _args(model: str, out: Path, n: int = 4) -> argparse.Namespace:
 def test_missing_file_and_wrong_graph_are_clear_errors(tmp_path: Path) -> None:
     out = tmp_path / "grid.png"
     with pytest.raises(ConfigError, match="is neither an existing .onnx file nor an MLflow model URI"):
-        sampling.run(Config(), _args(str(tmp_path / "missing.onnx"), out))
+        sample.run(Config(), _args(str(tmp_path / "missing.onnx"), out))
 
     not_onnx = tmp_path / "notes.onnx"
     not_onnx.write_text("hello")
     with pytest.raises(CheckpointError, match="cannot be loaded by ONNX Runtime"):
-        sampling.run(Config(), _args(str(not_onnx), out))
+        sample.run(Config(), _args(str(not_onnx), out))
 
     relu = helper.make_graph(
         [helper.make_node("Relu", ["a"], ["b"])], "relu",
@@ -132,13 +133,13 @@ def test_missing_file_and_wrong_graph_are_clear_errors(tmp_path: Path) -> None:
     graph = helper.make_model(relu, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     other.write_bytes(graph.SerializeToString())
     with pytest.raises(CheckpointError, match=r"other\.onnx: not a vaegan decoder graph: inputs \['a'\]"):
-        sampling.run(Config(), _args(str(other), out))
+        sample.run(Config(), _args(str(other), out))
     assert not out.exists()
 
 
 def test_model_uris_are_told_from_paths() -> None:
-    assert sampling.is_model_uri("models:/vaegan-decoder@champion")
-    assert sampling.is_model_uri("models:/vaegan-decoder/3")
-    assert sampling.is_model_uri("runs:/0123abcd/decoder")
-    assert not sampling.is_model_uri("models/onnx/decoder.onnx")
-    assert not sampling.is_model_uri("/abs/models:/decoder.onnx")
+    assert sample.is_model_uri("models:/vaegan-decoder@champion")
+    assert sample.is_model_uri("models:/vaegan-decoder/3")
+    assert sample.is_model_uri("runs:/0123abcd/decoder")
+    assert not sample.is_model_uri("models/onnx/decoder.onnx")
+    assert not sample.is_model_uri("/abs/models:/decoder.onnx")

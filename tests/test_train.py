@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from conftest import tiny_config
-from vaegan.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vaegan.artifacts.checkpoint import load_checkpoint, load_model, save_checkpoint
 from vaegan.cli import main
-from vaegan.networks import model_args_for
+from vaegan.nn.networks import model_args_for
 from vaegan.train import HISTORY_COLUMNS, initial_model
 
 

@@ -118,7 +118,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "sample",
-        "vaegan.sampling:run",
+        "vaegan.sample:run",
         "generate a PNG grid from a decoder with ONNX Runtime only",
         "Generate images from the prior with an exported decoder (a .onnx file or a models:/ URI),\n"
         "using onnxruntime and numpy alone, and write them as a PNG grid.",
@@ -126,7 +126,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "check-champion",
-        "vaegan.champion_check:run",
+        "vaegan.check_champion:run",
         "score the registry's champion on the current test data; exit 1 on drift",
         "Load the champion encoder/decoder from the MLflow registry as ONNX (sha256 verified),\n"
         "evaluate them with ONNX Runtime on the current test data with a fresh seed, log to the\n"

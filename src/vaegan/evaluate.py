@@ -24,14 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vaegan import metrics as M
-from vaegan.atomic_io import write_json
-from vaegan.checkpoint import load_checkpoint, model_from_checkpoint
+from vaegan.artifacts.atomic_io import write_json
+from vaegan.artifacts.checkpoint import load_checkpoint, model_from_checkpoint
+from vaegan.artifacts.provenance import sha256_file
+from vaegan.data.splits import Split, data_sha256, load_split
 from vaegan.errors import CheckpointError, ConfigError
 from vaegan.evaluator import LeNet, images_to_tensor, load_evaluator
-from vaegan.networks import VAEGAN
-from vaegan.prepared import Split, data_sha256, load_split
-from vaegan.provenance import sha256_file
+from vaegan.nn.networks import VAEGAN
+from vaegan.scoring import metrics as M
 
 if TYPE_CHECKING:
     from vaegan.config import Config
@@ -89,7 +89,7 @@ def _fid(a: np.ndarray, b: np.ndarray) -> float:
 class Autoencoder(Protocol):
     """What evaluation needs of a model: reconstructions and generated images.
 
-    `TorchAutoencoder` wraps a trained `VAEGAN`; `vaegan.onnx_scoring.OnnxAutoencoder` wraps the
+    `TorchAutoencoder` wraps a trained `VAEGAN`; `vaegan.scoring.onnx_model.OnnxAutoencoder` wraps the
     exported ONNX graphs, so the registry's artifacts are scored by the same code.
     """
 
@@ -252,7 +252,7 @@ def load_feature_extractor(config: Config, device: torch.device) -> FeatureFn | 
     """None for the evaluator's own features (lenet); the FID Inception for `inception`."""
     if config.evaluate.feature_extractor == "lenet":
         return None
-    from vaegan.inception import load_fid_inception
+    from vaegan.scoring.inception import load_fid_inception
 
     if not config.evaluate.inception_weights:
         raise ConfigError(
@@ -279,8 +279,8 @@ def load_baseline(path: str | None) -> dict[str, Any] | None:
 
 def run(config: Config, args: argparse.Namespace) -> int:
     """`vaegan evaluate`: metrics JSON, report directory, MLflow metrics and artifacts."""
-    from vaegan.devices import select_device
-    from vaegan.report import write_report
+    from vaegan.nn.devices import select_device
+    from vaegan.scoring.report import write_report
 
     cfg = config.evaluate
     started = time.perf_counter()
@@ -345,7 +345,7 @@ def log_to_mlflow(config: Config, values: dict[str, Any], run_id: str | None, se
     when it exists in this tracking store, else to a new run; return the run id."""
     from mlflow.entities import Metric
 
-    from vaegan.tracking import connect, dvc_experiment_tags, ensure_experiment
+    from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment
 
     client = connect(config.tracking)
     own_run = False

@@ -10,7 +10,7 @@ Architecture (input (B, 1, 28, 28) in [0, 1], normalised inside the network):
 
 Training is deterministic: CPU, a fixed seed for initialisation, shuffling and dropout, and the
 RNG state of the caller restored afterwards. The checkpoint is a `kind="evaluator"` payload of
-`vaegan.checkpoint` holding its own architecture args, so `load_evaluator` rebuilds it exactly.
+`vaegan.artifacts.checkpoint` holding its own architecture args, so `load_evaluator` rebuilds it exactly.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaegan.atomic_io import write_json
-from vaegan.checkpoint import load_checkpoint, save_checkpoint
+from vaegan.artifacts.atomic_io import write_json
+from vaegan.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from vaegan.artifacts.provenance import git_commit
+from vaegan.artifacts.stored_args import StoredArgs
+from vaegan.data.splits import Split, data_sha256, load_split
 from vaegan.errors import CheckpointError
-from vaegan.prepared import Split, data_sha256, load_split
-from vaegan.provenance import git_commit
-from vaegan.stored_args import StoredArgs
 
 if TYPE_CHECKING:
     from vaegan.config import Config

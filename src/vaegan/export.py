@@ -32,13 +32,13 @@ import onnx
 import torch
 from torch import nn
 
-from vaegan import onnx_runtime
-from vaegan.atomic_io import atomic_directory, atomic_path, write_json
-from vaegan.checkpoint import load_model
+from vaegan.artifacts import onnx_runtime
+from vaegan.artifacts.atomic_io import atomic_directory, atomic_path, write_json
+from vaegan.artifacts.checkpoint import load_model
+from vaegan.artifacts.provenance import sha256_file
 from vaegan.config import Config
 from vaegan.errors import ConfigError, VaeganError
-from vaegan.networks import IMAGE_SHAPE, VAEGAN
-from vaegan.provenance import sha256_file
+from vaegan.nn.networks import IMAGE_SHAPE, VAEGAN
 
 log = logging.getLogger(__name__)
 

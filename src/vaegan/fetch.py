@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaegan.atomic_io import atomic_directory, write_json
+from vaegan.artifacts.atomic_io import atomic_directory, write_json
+from vaegan.artifacts.provenance import sha256_bytes
 from vaegan.config import Config
-from vaegan.datasets import (
+from vaegan.data.datasets import (
     ROLES,
     SAMPLE_DATASET,
     SAMPLE_NOTE,
@@ -43,8 +44,7 @@ from vaegan.datasets import (
     dataset_spec,
     sample_directory,
 )
-from vaegan.errors import ConfigError, DataError
-from vaegan.idx import (
+from vaegan.data.idx import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
     check_images_shape,
@@ -52,7 +52,7 @@ from vaegan.idx import (
     decompress_idx,
     idx_shape,
 )
-from vaegan.provenance import sha256_bytes
+from vaegan.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

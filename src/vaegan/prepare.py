@@ -1,6 +1,6 @@
 """The `prepare` stage: parse and validate the raw IDX files, split the official training set into
 train/val deterministically (`data.val_fraction`, `data.seed`), keep the official test set as test,
-and write the arrays (`vaegan.prepared` format), stats.json and examples.png as one directory swap.
+and write the arrays (`vaegan.data.splits` format), stats.json and examples.png as one directory swap.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from vaegan.atomic_io import atomic_directory, write_json
+from vaegan.artifacts.atomic_io import atomic_directory, write_json
+from vaegan.artifacts.images import image_grid, write_png
+from vaegan.artifacts.provenance import sha256_bytes, sha256_file
 from vaegan.config import Config
-from vaegan.datasets import DatasetSpec, dataset_spec
-from vaegan.errors import DataError
-from vaegan.fetch import SOURCE_FILE, read_source
-from vaegan.idx import (
+from vaegan.data.datasets import DatasetSpec, dataset_spec
+from vaegan.data.idx import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
     check_images_shape,
@@ -29,9 +29,9 @@ from vaegan.idx import (
     parse_idx,
     read_idx_bytes,
 )
-from vaegan.images import image_grid, write_png
-from vaegan.prepared import SPLITS, Split, data_sha256, split_files
-from vaegan.provenance import sha256_bytes, sha256_file
+from vaegan.data.splits import SPLITS, Split, data_sha256, split_files
+from vaegan.errors import DataError
+from vaegan.fetch import SOURCE_FILE, read_source
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vaegan.artifacts.provenance import sha256_file
 from vaegan.errors import RegistryError
 from vaegan.promotion_gate import Candidate, GateDecision, decide_promotion
-from vaegan.provenance import sha256_file
 from vaegan.registry_lock import registry_lock
-from vaegan.tracking import connect, ensure_experiment, tracking_uri
+from vaegan.tracking.store import connect, ensure_experiment, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -210,8 +210,8 @@ def training_provenance(
     Refuses when the export or the evaluation was made from another checkpoint than
     `train.model_path`: the tags would then describe a different model.
     """
-    from vaegan.checkpoint import load_checkpoint
-    from vaegan.dvc_stages import stage_lock_md5
+    from vaegan.artifacts.checkpoint import load_checkpoint
+    from vaegan.flows.dvc_stages import stage_lock_md5
 
     model_path = Path(config.train.model_path)
     if not model_path.is_file():

@@ -28,18 +28,18 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from vaegan import distributed
-from vaegan.atomic_io import write_json, write_text
-from vaegan.checkpoint import load_checkpoint, model_from_checkpoint, prior_payload, save_checkpoint
-from vaegan.devices import autocast_factory, deterministic_algorithms, select_device
-from vaegan.distributed import Distributed
+from vaegan.artifacts.atomic_io import write_json, write_text
+from vaegan.artifacts.checkpoint import load_checkpoint, model_from_checkpoint, prior_payload, save_checkpoint
+from vaegan.artifacts.provenance import git_commit
+from vaegan.data.splits import data_sha256, load_split
 from vaegan.errors import ConfigError, TrainingError
-from vaegan.latent_prior import encoder_means, fit_prior
-from vaegan.networks import VAEGAN, ModelArgs, build_model, model_args_for
-from vaegan.prepared import data_sha256, load_split
-from vaegan.provenance import git_commit
-from vaegan.training_state import capture_rng, decide_resume, restore_rng, resume_key
-from vaegan.training_step import LossSettings, StepModules, reparameterize, train_step
+from vaegan.nn import distributed
+from vaegan.nn.devices import autocast_factory, deterministic_algorithms, select_device
+from vaegan.nn.distributed import Distributed
+from vaegan.nn.latent_prior import encoder_means, fit_prior
+from vaegan.nn.networks import VAEGAN, ModelArgs, build_model, model_args_for
+from vaegan.nn.resume import capture_rng, decide_resume, restore_rng, resume_key
+from vaegan.nn.step import LossSettings, StepModules, reparameterize, train_step
 
 if TYPE_CHECKING:
     from vaegan.config import Config
@@ -595,7 +595,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
-    from vaegan.run_tracking import TrainingRun
+    from vaegan.tracking.training_run import TrainingRun
 
     prepared = config.data.prepared_dir
     train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vaegan.images import image_grid, write_png
-from vaegan.tracking import connect, dvc_experiment_tags, ensure_experiment
+from vaegan.artifacts.images import image_grid, write_png
+from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -97,13 +97,13 @@ def _recorded_fid(tags: dict[str, str], where: str) -> float:
 
 def check_champion(*, config: Config, seed: int, device: str = "auto") -> ChampionReport:
     """Load the verified champion pair, score it on the current test data, compare with promotion."""
+    from vaegan.artifacts.onnx_runtime import active_provider
+    from vaegan.artifacts.provenance import sha256_file
+    from vaegan.data.splits import data_sha256, load_split
     from vaegan.evaluate import evaluate_model
     from vaegan.evaluator import load_evaluator
-    from vaegan.onnx_runtime import active_provider
-    from vaegan.onnx_scoring import OnnxAutoencoder
-    from vaegan.prepared import data_sha256, load_split
-    from vaegan.provenance import sha256_file
     from vaegan.registry import champion_pair
+    from vaegan.scoring.onnx_model import OnnxAutoencoder
 
     started = time.perf_counter()
     decoder, encoder = champion_pair(config=config)
@@ -151,7 +151,7 @@ def log_check(config: Config, report: ChampionReport) -> str:
     """Log the check to the MLflow experiment `scheduled-evaluation`; return the run id."""
     from mlflow.entities import Metric, RunTag
 
-    from vaegan.tracking import connect, ensure_experiment
+    from vaegan.tracking.store import connect, ensure_experiment
 
     client = connect(config.tracking)
     experiment_id = ensure_experiment(client, config.tracking, EXPERIMENT)

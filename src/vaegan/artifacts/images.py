@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-from vaegan.atomic_io import write_bytes
+from vaegan.artifacts.atomic_io import write_bytes
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from vaegan import onnx_runtime
+from vaegan.artifacts import onnx_runtime
+from vaegan.artifacts.images import image_grid, to_uint8, write_png
 from vaegan.config import Config
 from vaegan.errors import CheckpointError, ConfigError
-from vaegan.images import image_grid, to_uint8, write_png
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 

@@ -7,8 +7,7 @@ import os
 
 import torch
 
-from vaegan.errors import CheckpointError
-from vaegan.onnx_runtime import (
+from vaegan.artifacts.onnx_runtime import (
     create_session,
     decoder_latent_dim,
     has_reconstruction,
@@ -16,6 +15,7 @@ from vaegan.onnx_runtime import (
     run_decoder,
     run_encoder,
 )
+from vaegan.errors import CheckpointError
 
 
 class OnnxAutoencoder:

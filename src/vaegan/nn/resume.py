@@ -45,7 +45,7 @@ RESUME_IGNORED = frozenset(
 
 # The modules whose code decides the sequence of updates (the train stage's code deps in dvc.yaml).
 TRAINING_CODE = (
-    "networks", "losses", "training_step", "training_state", "train", "distributed", "latent_prior",
+    "nn/networks", "nn/losses", "nn/step", "nn/resume", "train", "nn/distributed", "nn/latent_prior",
 )  # fmt: skip
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vaegan.artifacts.provenance import sha256_file
 from vaegan.errors import DataError
-from vaegan.provenance import sha256_file
 
 SPLITS = ("train", "val", "test")
 

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vaegan.atomic_io import atomic_directory
-from vaegan.images import image_grid, write_png
-from vaegan.metrics import max_class_entropy
+from vaegan.artifacts.atomic_io import atomic_directory
+from vaegan.artifacts.images import image_grid, write_png
+from vaegan.scoring.metrics import max_class_entropy
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from vaegan.data.splits import Split
     from vaegan.evaluate import Evaluation
-    from vaegan.networks import VAEGAN
-    from vaegan.prepared import Split
+    from vaegan.nn.networks import VAEGAN
 
 SCALE = 2  # PNG pixels per image pixel
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from vaegan.atomic_io import write_text
+from vaegan.artifacts.atomic_io import write_text
 from vaegan.config import load_config
 from vaegan.errors import ConfigError, VaeganError
 

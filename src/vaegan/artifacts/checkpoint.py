@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from vaegan.atomic_io import write_bytes
+from vaegan.artifacts.atomic_io import write_bytes
 from vaegan.errors import CheckpointError
-from vaegan.latent_prior import LatentPrior
-from vaegan.networks import VAEGAN, ModelArgs, build_model
+from vaegan.nn.latent_prior import LatentPrior
+from vaegan.nn.networks import VAEGAN, ModelArgs, build_model
 
 FORMAT = "vaegan-checkpoint/1"
 

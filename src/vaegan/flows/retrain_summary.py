@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vaegan.dvc_stages import StageOutcome
+    from vaegan.flows.dvc_stages import StageOutcome
     from vaegan.registry import PromotionDecision, Registration
 
 # The metrics the summary table shows, and which direction is better.

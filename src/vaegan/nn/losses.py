@@ -8,7 +8,7 @@ an image's dimensions, averaged over the batch.
 - `discriminator_bce`, `generator_bce`: L_GAN on logits; the generator's is the non-saturating form
 - `equilibrium_gates`: which of D and G the authors' code lets learn from L_GAN this step
 
-Which network learns from which term is decided in `vaegan.training_step`, not here.
+Which network learns from which term is decided in `vaegan.nn.step`, not here.
 """
 
 from __future__ import annotations

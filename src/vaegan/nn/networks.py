@@ -3,7 +3,7 @@
 - `Encoder`  q(z|x): x (B, 1, 28, 28) in [0, 1] -> (mu, logvar), each (B, latent_dim)
 - `Decoder`  G(z):   z (B, latent_dim) -> logits (B, 1, 28, 28); `decode` applies the sigmoid
 - `Discriminator` D(x): x -> (logit (B,), features Dis_l (B, C, 7, 7))
-- `LatentPrior` (vaegan.latent_prior): noise (B, Z) -> codes z; N(0, I) while training, then the
+- `LatentPrior` (vaegan.nn.latent_prior): noise (B, Z) -> codes z; N(0, I) while training, then the
   prior fitted to the encoder means that generation draws from (`VAEGAN.generate`)
 
 Every size lives in `ModelArgs`, which is saved inside each checkpoint so that evaluation and
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vaegan.latent_prior import LatentPrior
-from vaegan.stored_args import StoredArgs
+from vaegan.artifacts.stored_args import StoredArgs
+from vaegan.nn.latent_prior import LatentPrior
 
 IMAGE_SHAPE = (1, 28, 28)
 

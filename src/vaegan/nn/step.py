@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from vaegan.losses import (
+from vaegan.nn.losses import (
     discriminator_bce,
     equilibrium_gates,
     feature_llike,

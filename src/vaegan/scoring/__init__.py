@@ -1,0 +1,2 @@
+"""Scoring a model: the evaluation core shared by `vaegan evaluate` and the champion check, the metrics,
+the feature extractors and the report."""

@@ -1,0 +1,1 @@
+"""MLflow at the edge: the tracking store and the MLflow run of a training."""
