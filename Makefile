@@ -7,7 +7,7 @@ PROFILE ?= quick
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run evaluate-champion test test-all lint format bench serve ui lock clean
+.PHONY: help setup run check-champion test test-slow test-all lint format bench serve ui lock clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -24,11 +24,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup ## run the whole retraining pipeline (PROFILE=quick on CPU, PROFILE=full on a GPU)
 	$(BIN)/python -m pipelines.retrain --profile $(PROFILE)
 
-evaluate-champion: setup ## score the registry's champion on the current test data (fails on drift)
-	$(BIN)/python -m pipelines.evaluate_champion
+check-champion: setup ## score the registry's champion on the current test data (fails on drift)
+	$(BIN)/python -m pipelines.check_champion
 
-test: setup ## run the fast test suite
+test: setup ## run the fast test suite (the tests not marked slow)
 	$(BIN)/pytest -m "not slow" -q
+
+test-slow: setup ## run only the slow tests (end to end: flows, DVC, bench, DDP, resume)
+	$(BIN)/pytest -m slow -q
 
 test-all: setup ## run every test, slow ones included
 	$(BIN)/pytest -q

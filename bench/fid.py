@@ -3,7 +3,7 @@
 Both sides do the same work: draw N latent codes, decode and quantise N samples, extract the
 evaluator's 128-d features of the N samples and of N real test images, then the Fréchet distance.
 
-- project: the path `vaegan.evaluate.evaluate_model` takes for `fid` (batches of
+- project: the path `vaegan.scoring.core.evaluate_model` takes for `fid` (batches of
   `evaluate.batch_size`, `quantise`, `LeNet.features`, `metrics.gaussian_statistics`,
   `metrics.frechet_distance` with its eigenvalue trace);
 - plain: pytorch-fid's shape: batches of 50, each batch's features copied to the host into a numpy
@@ -37,8 +37,8 @@ def project_fid(
     device: torch.device, batch_size: int = 1000, seed: int = 0,
 ) -> float:  # fmt: skip
     """FID with the project's functions, as `evaluate_model` computes `fid` (real: (N, 1, 28, 28))."""
-    from vaegan.evaluate import quantise
     from vaegan.scoring import metrics as M
+    from vaegan.scoring.core import quantise
 
     def features(images: torch.Tensor) -> np.ndarray:
         return evaluator.features(images).double().cpu().numpy()
@@ -92,8 +92,8 @@ def measure_fid(
 ) -> dict[str, Any]:
     """Seconds of each side over `repeats` runs (after one warm-up), and their FID values."""
     from bench.data import real_images
-    from vaegan.evaluator import EvaluatorArgs, LeNet, images_to_tensor
     from vaegan.nn.networks import build_model, model_args_for
+    from vaegan.scoring.lenet import EvaluatorArgs, LeNet, images_to_tensor
 
     torch.manual_seed(0)
     args = model_args_for("default")

@@ -4,7 +4,9 @@ print a table and write `<out>/<device>.json`.
 The device is chosen like the trainer chooses it (`vaegan.nn.devices.select_device("auto")`). Each
 training configuration runs in its own process (`bench.training`); FID, inference and
 orchestration run in this one. Parts whose dependencies are missing are recorded as skipped with
-the reason (the GPU image has torch but no dvc/prefect/mlflow).
+the reason (the GPU image has torch but no dvc/prefect/mlflow). For that image, which runs a checkout
+without `pip install -e .`, vaegan and the optional packages are imported inside the functions that
+use them, after `main` has put src/ on sys.path.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.training import PROJECT_VARIANTS
+import numpy
+import torch
+
+from bench.figures import ratio, skipped, summary
+from bench.report import render
+from bench.training import EPOCH_IMAGES, PROJECT_VARIANTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "fid", "inference", "orchestration")
@@ -83,8 +90,6 @@ def cpu_model() -> str:
 
 def device_name(device: Any) -> str:
     """A file-name-safe device label: the CUDA device name, or cpu-<N>core-<model>."""
-    import torch
-
     if device.type == "cuda":
         label = torch.cuda.get_device_name(device)
     else:
@@ -93,9 +98,6 @@ def device_name(device: Any) -> str:
 
 
 def _versions() -> dict[str, str | None]:
-    import numpy
-    import torch
-
     versions: dict[str, str | None] = {
         "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
         "cuda": torch.version.cuda,
@@ -124,9 +126,6 @@ def _round_or_none(value: float | None) -> float | None:
 
 def run_training(plan: Plan) -> dict[str, Any]:
     """Every (preset, batch) with each implementation in its own process; figures and ratios."""
-    from bench.figures import ratio, skipped, summary
-    from bench.training import EPOCH_IMAGES
-
     configs = []
     for preset in plan.presets:
         for batch in plan.batches:
@@ -172,8 +171,7 @@ def run_training(plan: Plan) -> dict[str, Any]:
 
 def run_fid(plan: Plan, device: Any) -> dict[str, Any]:
     """FID on plan.fid_samples samples, project vs plain."""
-    from bench.fid import PLAIN_BATCH, measure_fid
-    from bench.figures import ratio, skipped, summary
+    from bench.fid import PLAIN_BATCH, measure_fid  # imports vaegan: src/ is on sys.path from main()
     from vaegan.config import EvaluateConfig
 
     batch = EvaluateConfig().batch_size
@@ -205,8 +203,6 @@ def run_fid(plan: Plan, device: Any) -> dict[str, Any]:
 
 def run_inference(plan: Plan, device: Any) -> dict[str, Any]:
     """ORT vs eager latency and throughput per (network, batch)."""
-    from bench.figures import ratio, skipped, summary
-
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -236,8 +232,6 @@ def run_inference(plan: Plan, device: Any) -> dict[str, Any]:
 
 def run_orchestration(plan: Plan, pipeline_dir: Path | None, quick: bool) -> dict[str, Any]:
     """`vaegan --help`, a no-op `dvc repro`, a cached retrain flow (each skipped, with why, if impossible)."""
-    from bench.figures import ratio, skipped, summary
-
     try:
         from bench import orchestration as O
     except ImportError as exc:
@@ -350,9 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if str(REPO_ROOT / "src") not in sys.path:
         sys.path.insert(0, str(REPO_ROOT / "src"))  # a checkout without `pip install -e .` (the GPU image)
-    import torch
-
-    from bench.report import render
     from vaegan.artifacts.atomic_io import write_json, write_text
     from vaegan.nn.devices import select_device
 

@@ -73,7 +73,7 @@ def project_throughput(
 ) -> list[float]:
     """Images/s of each timed window of `fit_vaegan` (the warm-up windows are dropped)."""
     from vaegan.config import build_config
-    from vaegan.train import fit_vaegan
+    from vaegan.nn.loop import fit_vaegan
 
     config = build_config(
         {

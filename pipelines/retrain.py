@@ -26,13 +26,9 @@ from prefect.artifacts import create_markdown_artifact
 from vaegan.config import Config, load_config
 from vaegan.flows import dvc_stages
 from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
-from vaegan.registry import (
-    PromotionDecision,
-    Registration,
-    champion_metric_tags,
-    promote_challenger,
-    register_models,
-)
+from vaegan.registry.promotion import PromotionDecision, promote_challenger
+from vaegan.registry.registration import Registration, register_models
+from vaegan.registry.verified import champion_metric_tags
 from vaegan.tracking.store import tracking_uri
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"

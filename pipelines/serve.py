@@ -8,7 +8,7 @@ MLFLOW_TRACKING_URI already point at servers: then it uses those), waits until b
 serves two deployments from this process, which also executes their runs:
 
 - `retrain/on-demand`: the retraining flow, run from the UI or `prefect deployment run`;
-- `evaluate-champion/daily`: the champion's scheduled evaluation (cron, default 06:00 every day).
+- `check-champion/daily`: the champion check, scheduled (cron, default 06:00 every day).
 
 Teams with a shared Prefect server and work pools use prefect.yaml (`prefect deploy --all`) instead.
 """
@@ -31,8 +31,10 @@ DAILY_CRON = "0 6 * * *"
 
 
 def build_deployments(cron: str = DAILY_CRON) -> list[Any]:
-    """The two deployments: on-demand retraining and the scheduled champion evaluation."""
-    from pipelines.evaluate_champion import evaluate_champion
+    """The two deployments: on-demand retraining and the scheduled champion check."""
+    # Imported here, not at the top: prefect reads its settings (PREFECT_API_URL) once, when it is
+    # first imported (prefect.context.GLOBAL_SETTINGS_CONTEXT), and `main` sets them first.
+    from pipelines.check_champion import check_champion
     from pipelines.retrain import retrain
 
     return [
@@ -42,11 +44,11 @@ def build_deployments(cron: str = DAILY_CRON) -> list[Any]:
             description="Reproduce the DVC pipeline, register, promote.",
             concurrency_limit=1,  # DVC takes one command per workspace; promotions stay serialised
         ),
-        evaluate_champion.to_deployment(
+        check_champion.to_deployment(
             name="daily",
             cron=cron,
             tags=["vaegan"],
-            description="Evaluate the champion on the current test data.",
+            description="Check the champion on the current test data; fail on FID drift.",
         ),
     ]
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefect-port", type=int, default=4200)
     parser.add_argument("--mlflow-port", type=int, default=5000)
     parser.add_argument(
-        "--cron", default=DAILY_CRON, help=f"schedule of evaluate-champion (default {DAILY_CRON!r})"
+        "--cron", default=DAILY_CRON, help=f"schedule of check-champion (default {DAILY_CRON!r})"
     )
     parser.add_argument(
         "--startup-timeout", type=float, default=300.0, help="seconds to wait for each server"
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PREFECT_API_URL"] = prefect_api
         print(f"MLflow UI:  {os.environ['MLFLOW_TRACKING_URI']}")
         print(f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}")
-        from prefect import serve
+        from prefect import serve  # after PREFECT_API_URL is set (see build_deployments)
 
         serve(*build_deployments(args.cron))
     return 0

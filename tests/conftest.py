@@ -7,6 +7,7 @@ import os
 import shutil
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pytest
@@ -44,7 +45,19 @@ def small_prepared_dir(tmp_path_factory: pytest.TempPathFactory, sample_dir: Pat
     return out
 
 
-def tiny_config(tmp_path: Path, prepared_dir: Path, **sections: dict) -> Config:
+class TinyConfigAt(Protocol):
+    """The type of the `tiny_config_at` fixture."""
+
+    def __call__(self, root: Path, **sections: dict) -> Config: ...
+
+
+class TinyConfig(Protocol):
+    """The type of the `tiny_config` fixture."""
+
+    def __call__(self, *, root: Path | None = None, **sections: dict) -> Config: ...
+
+
+def _tiny_config(tmp_path: Path, prepared_dir: Path, **sections: dict) -> Config:
     """A CPU config that trains in seconds, with every output under `tmp_path`."""
     raw: dict[str, dict] = {
         "data": {"prepared_dir": str(prepared_dir), "raw_dir": str(tmp_path / "raw")},
@@ -82,6 +95,29 @@ def tiny_config(tmp_path: Path, prepared_dir: Path, **sections: dict) -> Config:
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return build_config(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_at(small_prepared_dir: Path) -> TinyConfigAt:
+    """`tiny_config_at(root, **sections)`: the tiny config with its outputs under `root`, for
+    module-scoped fixtures (which cannot use the per-test `tiny_config`)."""
+
+    def build(root: Path, **sections: dict) -> Config:
+        return _tiny_config(root, small_prepared_dir, **sections)
+
+    return build
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, tiny_config_at: TinyConfigAt) -> TinyConfig:
+    """`tiny_config(**sections)`: a CPU config that trains in seconds on the small prepared data
+    set, every output under this test's `tmp_path` (or `root=`); each keyword is a section whose
+    values override the tiny ones, e.g. `tiny_config(train={"epochs": 2})`."""
+
+    def build(*, root: Path | None = None, **sections: dict) -> Config:
+        return tiny_config_at(root or tmp_path, **sections)
+
+    return build
 
 
 @pytest.fixture(scope="session")

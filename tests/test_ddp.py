@@ -13,16 +13,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, TinyConfig
 from vaegan.artifacts.checkpoint import load_checkpoint, load_model
 
 
 @pytest.mark.slow
-def test_two_process_gloo_ddp_run(
-    tmp_path: Path, small_prepared_dir: Path, _migrated_mlflow_db: Path
-) -> None:
+def test_two_process_gloo_ddp_run(tmp_path: Path, tiny_config: TinyConfig, _migrated_mlflow_db: Path) -> None:
     # 256 images / (16 per rank x 2 ranks) = 8 steps per epoch.
-    config = tiny_config(tmp_path, small_prepared_dir, train={"batch_size": 16, "epochs": 1})
+    config = tiny_config(train={"batch_size": 16, "epochs": 1})
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(config.to_dict()))
     shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")

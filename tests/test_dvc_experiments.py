@@ -88,6 +88,7 @@ def _shown_run_ids(repo: Path) -> dict[str, str]:
     return ids
 
 
+@pytest.mark.slow
 def test_temp_and_queued_experiments_log_into_the_workspace_store(exp_repo: Path) -> None:
     repo = exp_repo
     assert _runs_by_exp_name(repo) == {}

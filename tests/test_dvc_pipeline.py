@@ -77,6 +77,7 @@ def test_repo_has_a_default_local_remote_outside_the_repo() -> None:
     assert REPO_ROOT.resolve() not in remote.parents
 
 
+@pytest.mark.slow
 def test_data_stages_repro_noop_and_push_pull_round_trip(dvc_repo: Path, tmp_path: Path) -> None:
     repo = dvc_repo
     out = dvc(repo, "repro", "prepare")

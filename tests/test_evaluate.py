@@ -1,4 +1,5 @@
-"""The evaluate stage: metrics, determinism, checkpoint errors, report, MLflow, Inception option."""
+"""The evaluate stage and its scoring core: metrics, determinism, checkpoint errors, report, MLflow,
+the Inception option."""
 
 from __future__ import annotations
 
@@ -11,14 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
+from torchvision.models import inception as tv
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, TinyConfig
 from vaegan import evaluate, evaluator
 from vaegan.artifacts.checkpoint import save_checkpoint
 from vaegan.data.splits import Split, load_split
 from vaegan.errors import CheckpointError
 from vaegan.nn.latent_prior import LatentPrior, fit_mixture
 from vaegan.nn.networks import build_model, model_args_for
+from vaegan.scoring import core, lenet
+from vaegan.scoring.inception import (
+    FEATURE_DIM,
+    FIDInception,
+    TFInceptionA,
+    TFInceptionE,
+    load_fid_inception,
+)
 
 
 def _vaegan_payload(preset: str, state: dict | None = None, seed: int = 0) -> dict:
@@ -40,7 +51,7 @@ def trained_evaluator(tmp_path_factory: pytest.TempPathFactory, small_prepared_d
     model, metrics = evaluator.train_evaluator(
         train=train, test=test, epochs=2, batch_size=64, lr=5e-3, seed=0
     )
-    save_checkpoint(path, evaluator.evaluator_payload(model, {}, {"metrics": metrics}))
+    save_checkpoint(path, lenet.evaluator_payload(model, {}, {"metrics": metrics}))
     return path
 
 
@@ -55,8 +66,8 @@ def _core(
     if prior is not None:
         model.prior = prior
     test = load_split(prepared, "test")
-    return evaluate.evaluate_model(
-        model=model, evaluator=evaluator.load_evaluator(str(evaluator_path)),
+    return core.evaluate_model(
+        model=model, evaluator=lenet.load_evaluator(str(evaluator_path)),
         test=Split(test.images[:400], test.labels[:400]), floor=load_split(prepared, "val"),
         num_samples=num_samples, seed=seed, batch_size=128,
     )  # fmt: skip
@@ -65,8 +76,8 @@ def _core(
 def test_quantise_rounds_to_the_8_bit_grid() -> None:
     x = torch.tensor([0.0, 0.5 / 255, 0.51 / 255, 1.49 / 255, 0.999, 1.2, -0.1])
     expected = torch.tensor([0.0, 0.0, 1.0, 1.0, 255.0, 255.0, 0.0]) / 255  # 0.5 rounds half to even
-    assert torch.equal(evaluate.quantise(x), expected)
-    assert np.array_equal(evaluate.to_uint8_tensor(evaluate.quantise(x)), [0, 0, 1, 1, 255, 255, 0])
+    assert torch.equal(core.quantise(x), expected)
+    assert np.array_equal(core.to_uint8_tensor(core.quantise(x)), [0, 0, 1, 1, 255, 255, 0])
 
 
 def test_metrics_are_complete_sane_and_deterministic(
@@ -79,7 +90,7 @@ def test_metrics_are_complete_sane_and_deterministic(
     assert m == again.metrics
     assert np.array_equal(first.samples, again.samples)
     assert m["fid"] != other_seed.metrics["fid"]
-    for key in evaluate.METRIC_KEYS:
+    for key in core.METRIC_KEYS:
         assert isinstance(m[key], float) and math.isfinite(m[key]), key
     assert (m["num_samples"], m["num_test"], m["num_floor"], m["seed"]) == (300, 400, 200, 0)
     assert m["feature_dim"] == 128 and m["feature_extractor"] == "lenet"
@@ -89,10 +100,8 @@ def test_metrics_are_complete_sane_and_deterministic(
     assert 0 <= m["sample_class_entropy"] < 0.5  # one grey blob, one class
     # The evaluator's accuracy is measured on exactly the test images used.
     test = load_split(small_prepared_dir, "test")
-    clf = evaluator.load_evaluator(str(trained_evaluator))
-    assert m["evaluator_test_accuracy"] == evaluator.accuracy(
-        clf, Split(test.images[:400], test.labels[:400])
-    )
+    clf = lenet.load_evaluator(str(trained_evaluator))
+    assert m["evaluator_test_accuracy"] == lenet.accuracy(clf, Split(test.images[:400], test.labels[:400]))
     assert m["evaluator_test_accuracy"] > 0.8
     # Reconstruction terms: DCGAN-init weights give ~0.5 everywhere, so MSE ~ E[(x - 0.5)^2].
     x = test.images[:400].astype(np.float64) / 255
@@ -127,9 +136,7 @@ def _write_checkpoints(tmp_path: Path) -> dict[str, Path]:
         name: tmp_path / f"{name}.pt" for name in ("good", "evaluator", "mismatch", "foreign", "garbage")
     }
     save_checkpoint(paths["good"], _vaegan_payload("seed"))
-    save_checkpoint(
-        paths["evaluator"], evaluator.evaluator_payload(evaluator.LeNet(evaluator.EvaluatorArgs()), {}, {})
-    )
+    save_checkpoint(paths["evaluator"], lenet.evaluator_payload(lenet.LeNet(lenet.EvaluatorArgs()), {}, {}))
     mismatch = _vaegan_payload("seed")
     mismatch["model_args"] = model_args_for("default").to_dict()  # says default, holds seed weights
     save_checkpoint(paths["mismatch"], mismatch)
@@ -149,11 +156,11 @@ def _write_checkpoints(tmp_path: Path) -> dict[str, Path]:
     ],
 )
 def test_incompatible_checkpoint_is_a_clear_error(
-    tmp_path: Path, small_prepared_dir: Path, trained_evaluator: Path, name: str, message: str
+    tmp_path: Path, tiny_config: TinyConfig, trained_evaluator: Path, name: str, message: str
 ) -> None:
     paths = _write_checkpoints(tmp_path)
     config = tiny_config(
-        tmp_path, small_prepared_dir, evaluator={"path": str(trained_evaluator)},
+        evaluator={"path": str(trained_evaluator)},
         evaluate={"checkpoint": str(paths.get(name, tmp_path / "missing.pt"))},
     )  # fmt: skip
     with pytest.raises(CheckpointError, match=message):
@@ -165,7 +172,7 @@ def test_cli_reports_incompatible_checkpoint_in_one_line(tmp_path: Path, small_p
     paths = _write_checkpoints(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "vaegan", "evaluate", "--set", f"evaluate.checkpoint={paths['mismatch']}",
-         "--set", f"data.prepared_dir={small_prepared_dir}"],
+         "--set", f"data.prepared_dir={small_prepared_dir}", "--set", f"evaluator.path={paths['evaluator']}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
@@ -178,10 +185,8 @@ def test_cli_reports_incompatible_checkpoint_in_one_line(tmp_path: Path, small_p
 
 
 def test_stage_writes_metrics_report_and_logs_to_mlflow(
-    tmp_path: Path, small_prepared_dir: Path, trained_evaluator: Path, mlflow_uri: str
+    tmp_path: Path, tiny_config: TinyConfig, trained_evaluator: Path, mlflow_uri: str
 ) -> None:
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=mlflow_uri)
     experiment_id = client.create_experiment("vaegan-test")
     training_run = client.create_run(experiment_id, run_name="train").info.run_id
@@ -193,14 +198,14 @@ def test_stage_writes_metrics_report_and_logs_to_mlflow(
     baseline_path = tmp_path / "baseline.json"
     baseline_path.write_text(json.dumps({"fid": 123.456, "num_samples": 200, "psnr": 9.87}))
     config = tiny_config(
-        tmp_path, small_prepared_dir, evaluator={"path": str(trained_evaluator)},
+        evaluator={"path": str(trained_evaluator)},
         evaluate={"checkpoint": str(model_path), "baseline_metrics": str(baseline_path), "device": "cpu"},
         tracking={"experiment": "vaegan-test"},
     )  # fmt: skip
     assert evaluate.run(config, None) == 0  # type: ignore[arg-type]
 
     values = json.loads(Path(config.evaluate.metrics_path).read_text())
-    assert set(evaluate.METRIC_KEYS) <= set(values)
+    assert set(core.METRIC_KEYS) <= set(values)
     assert values["num_samples"] == 200 and values["num_test"] == 1000 and values["seed"] == 0
     assert values["provenance"]["objective"] == "vaegan"
     report = Path(config.evaluate.report_dir)
@@ -235,14 +240,12 @@ def test_stage_writes_metrics_report_and_logs_to_mlflow(
 
 
 def test_stage_without_run_id_creates_an_evaluate_run(
-    tmp_path: Path, small_prepared_dir: Path, trained_evaluator: Path, mlflow_uri: str
+    tmp_path: Path, tiny_config: TinyConfig, trained_evaluator: Path, mlflow_uri: str
 ) -> None:
-    from mlflow.tracking import MlflowClient
-
     model_path = tmp_path / "vaegan.pt"
     save_checkpoint(model_path, _vaegan_payload("default"))
     config = tiny_config(
-        tmp_path, small_prepared_dir, evaluator={"path": str(trained_evaluator)},
+        evaluator={"path": str(trained_evaluator)},
         evaluate={"checkpoint": str(model_path), "num_samples": 100},
     )  # fmt: skip
     assert evaluate.run(config, None) == 0  # type: ignore[arg-type]
@@ -261,8 +264,6 @@ def test_stage_without_run_id_creates_an_evaluate_run(
 
 
 def test_inception_weights_round_trip_and_errors(tmp_path: Path) -> None:
-    from vaegan.scoring.inception import FEATURE_DIM, FIDInception, load_fid_inception
-
     torch.manual_seed(0)
     source = FIDInception().eval()
     weights = tmp_path / "pt_inception-test.pth"
@@ -279,17 +280,13 @@ def test_inception_weights_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_fid_inception(tmp_path / "missing.pth")
     wrong = tmp_path / "lenet.pth"
-    torch.save(evaluator.LeNet(evaluator.EvaluatorArgs()).state_dict(), wrong)
+    torch.save(lenet.LeNet(lenet.EvaluatorArgs()).state_dict(), wrong)
     with pytest.raises(CheckpointError, match="does not fit the FID Inception-v3"):
         load_fid_inception(wrong)
 
 
 def test_inception_key_layout_matches_torchvision_inception3() -> None:
     """pytorch-fid's weights file is a torchvision Inception3 (1008 classes, no aux head) state dict."""
-    from torchvision.models import inception as tv
-
-    from vaegan.scoring.inception import FIDInception
-
     ours = {k: tuple(v.shape) for k, v in FIDInception().net.state_dict().items()}
     reference = tv.Inception3(num_classes=1008, aux_logits=False, init_weights=False).state_dict()
     assert ours == {k: tuple(v.shape) for k, v in reference.items()}
@@ -297,10 +294,6 @@ def test_inception_key_layout_matches_torchvision_inception3() -> None:
 
 def test_inception_pool_branch_ignores_padding() -> None:
     """TF's pool branch averages valid pixels only: on a constant map it stays constant at the border."""
-    from torchvision.models import inception as tv
-
-    from vaegan.scoring.inception import TFInceptionA, TFInceptionE
-
     torch.manual_seed(0)
     ours, plain = TFInceptionA(192, pool_features=32).eval(), tv.InceptionA(192, pool_features=32).eval()
     plain.load_state_dict(ours.state_dict())
@@ -322,15 +315,13 @@ def test_inception_pool_branch_ignores_padding() -> None:
 def test_evaluate_with_inception_features(
     tmp_path: Path, small_prepared_dir: Path, trained_evaluator: Path
 ) -> None:
-    from vaegan.scoring.inception import FIDInception, load_fid_inception
-
     torch.manual_seed(0)
     weights = tmp_path / "inception.pth"
     torch.save(FIDInception().net.state_dict(), weights)
     test, val = load_split(small_prepared_dir, "test"), load_split(small_prepared_dir, "val")
     model = build_model(model_args_for("seed")).eval()
-    ev = evaluate.evaluate_model(
-        model=model, evaluator=evaluator.load_evaluator(str(trained_evaluator)),
+    ev = core.evaluate_model(
+        model=model, evaluator=lenet.load_evaluator(str(trained_evaluator)),
         test=Split(test.images[:24], test.labels[:24]), floor=Split(val.images[:16], val.labels[:16]),
         num_samples=24, seed=0, batch_size=8, feature_extractor=load_fid_inception(weights).eval(),
         feature_name="inception",

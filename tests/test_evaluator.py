@@ -1,4 +1,5 @@
-"""The evaluator classifier: determinism, checkpoint round trip, features, the CLI stage."""
+"""The evaluator classifier (the `evaluator` stage trains `vaegan.scoring.lenet.LeNet`): determinism,
+checkpoint round trip, features, the CLI stage."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, TinyConfig
 from vaegan import evaluator
 from vaegan.artifacts.checkpoint import save_checkpoint
+from vaegan.config import EvaluatorConfig
 from vaegan.data.idx import read_images, read_labels
 from vaegan.data.splits import Split, load_split
 from vaegan.errors import CheckpointError
 from vaegan.nn.networks import build_model, model_args_for
+from vaegan.scoring import lenet
 
 
-def _train(split: Split, test: Split, seed: int) -> evaluator.LeNet:
+def _train(split: Split, test: Split, seed: int) -> lenet.LeNet:
     model, _ = evaluator.train_evaluator(
         train=Split(split.images[:320], split.labels[:320]),
         test=Split(test.images[:64], test.labels[:64]),
@@ -65,17 +68,17 @@ def test_random_shift_translates_with_zero_fill() -> None:
     assert evaluator.random_shift(images, 0, generator) is images
 
 
-def test_stage_writes_checkpoint_and_metrics(tmp_path: Path, small_prepared_dir: Path) -> None:
-    config = tiny_config(tmp_path, small_prepared_dir, evaluator={"epochs": 3})
+def test_stage_writes_checkpoint_and_metrics(tiny_config: TinyConfig, small_prepared_dir: Path) -> None:
+    config = tiny_config(evaluator={"epochs": 3})
     assert evaluator.run(config, None) == 0  # type: ignore[arg-type]
     metrics = json.loads(Path(config.evaluator.metrics_path).read_text())
     assert metrics["num_train"] == 1000 and metrics["num_test"] == 1000
     assert metrics["feature_dim"] == 128
     assert 0.85 <= metrics["test_accuracy"] <= 1.0  # three epochs on 1,000 images
-    model = evaluator.load_evaluator(config.evaluator.path)
+    model = lenet.load_evaluator(config.evaluator.path)
     test = load_split(small_prepared_dir, "test")
-    assert evaluator.accuracy(model, test) == metrics["test_accuracy"]
-    feats = evaluator.features(model, evaluator.images_to_tensor(test.images[:10]), batch_size=4)
+    assert lenet.accuracy(model, test) == metrics["test_accuracy"]
+    feats = lenet.features(model, lenet.images_to_tensor(test.images[:10]), batch_size=4)
     assert feats.shape == (10, 128) and feats.dtype == np.float32 and (feats >= 0).all()
 
 
@@ -96,16 +99,16 @@ def test_load_evaluator_refuses_other_checkpoints(tmp_path: Path) -> None:
         },
     )
     with pytest.raises(CheckpointError, match="holds a 'vaegan' model, expected 'evaluator'"):
-        evaluator.load_evaluator(str(vaegan_path))
+        lenet.load_evaluator(str(vaegan_path))
     wrong = tmp_path / "wrong.pt"
-    lenet = evaluator.LeNet(evaluator.EvaluatorArgs(hidden=64))
-    payload = evaluator.evaluator_payload(lenet, {}, {})
-    payload["model_args"] = evaluator.EvaluatorArgs().to_dict()  # says 128, holds 64
+    narrow = lenet.LeNet(lenet.EvaluatorArgs(hidden=64))
+    payload = lenet.evaluator_payload(narrow, {}, {})
+    payload["model_args"] = lenet.EvaluatorArgs().to_dict()  # says 128, holds 64
     save_checkpoint(wrong, payload)
     with pytest.raises(CheckpointError, match="does not match its architecture"):
-        evaluator.load_evaluator(str(wrong))
+        lenet.load_evaluator(str(wrong))
     with pytest.raises(CheckpointError, match="does not exist"):
-        evaluator.load_evaluator(str(tmp_path / "missing.pt"))
+        lenet.load_evaluator(str(tmp_path / "missing.pt"))
 
 
 @pytest.mark.slow
@@ -121,8 +124,6 @@ def test_full_sample_accuracy_target(tmp_path: Path, sample_dir: Path) -> None:
         read_images(sample_dir / "t10k-images-idx3-ubyte.gz"),
         read_labels(sample_dir / "t10k-labels-idx1-ubyte.gz"),
     )
-    from vaegan.config import EvaluatorConfig
-
     cfg = EvaluatorConfig()
     _, metrics = evaluator.train_evaluator(
         train=train,

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import TinyConfigAt
 from vaegan import cli
 from vaegan.artifacts import onnx_runtime
-from vaegan.artifacts.checkpoint import load_model, prior_payload, save_checkpoint
+from vaegan.artifacts.checkpoint import final_model_payload, load_model, model_payload, save_checkpoint
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.errors import VaeganError
 from vaegan.export import ParityError, export_decoder_onnx, export_model
@@ -48,30 +48,27 @@ def _with_mixture_prior(model: VAEGAN, components: int = 3) -> VAEGAN:
 
 def _payload(model: VAEGAN) -> dict:
     """The `train.model_path` layout train.py writes (state trimmed to what export ignores)."""
-    return {
-        "kind": "vaegan", "model_args": model.args.to_dict(), "config": {"train": {"objective": "vaegan"}},
-        "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
-        "discriminator": model.discriminator.state_dict(), "state": {"step": 1, "completed": True},
-        "prior": prior_payload(model.prior),
-    }  # fmt: skip
+    state = {"step": 1, "completed": True}
+    checkpoint = model_payload(model, {"train": {"objective": "vaegan"}}, state, prior=model.prior)
+    return final_model_payload(checkpoint)
 
 
-def _params_file(tmp_path: Path, checkpoint: Path, **export: object) -> Path:
+def _params_file(tiny_config_at: TinyConfigAt, tmp_path: Path, checkpoint: Path, **export: object) -> Path:
     train = {"model_path": str(checkpoint)}
-    config = tiny_config(tmp_path, tmp_path / "prepared", train=train, export=export)
+    config = tiny_config_at(tmp_path, train=train, export=export)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()), encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def stage(tmp_path_factory: pytest.TempPathFactory, tiny_config_at: TinyConfigAt) -> dict:
     """`vaegan export` run once on a seed-preset checkpoint (the real CLI entry, in-process)."""
     root = tmp_path_factory.mktemp("export")
     model = _with_mixture_prior(_spread_weights(build_model(model_args_for("seed")), seed=1)).eval()
     checkpoint = root / "vaegan.pt"
     save_checkpoint(checkpoint, _payload(model))
-    params = _params_file(root, checkpoint)
+    params = _params_file(tiny_config_at, root, checkpoint)
     assert cli.main(["export", "--params", str(params)]) == 0
     return {
         "root": root,
@@ -149,15 +146,15 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def test_failed_parity_exits_nonzero_and_keeps_the_previous_export(
-    stage: dict, capsys: pytest.CaptureFixture[str]
+    stage: dict, tiny_config_at: TinyConfigAt, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = _snapshot(stage["onnx_dir"])
     metrics_before = stage["metrics_path"].read_bytes()
-    strict = _params_file(stage["root"], stage["checkpoint"], parity_tolerance=1e-30)
+    strict = _params_file(tiny_config_at, stage["root"], stage["checkpoint"], parity_tolerance=1e-30)
     try:
         code = cli.main(["export", "--params", str(strict)])
     finally:
-        _params_file(stage["root"], stage["checkpoint"])  # restore the module's params file
+        _params_file(tiny_config_at, stage["root"], stage["checkpoint"])  # restore the module's params file
     assert code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("vaegan export: error: decoder parity failed at batch 1: max abs error ")
@@ -169,10 +166,10 @@ def test_failed_parity_exits_nonzero_and_keeps_the_previous_export(
 
 
 def test_missing_or_corrupt_checkpoint_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_config_at: TinyConfigAt, capsys: pytest.CaptureFixture[str]
 ) -> None:
     checkpoint = tmp_path / "vaegan.pt"
-    params = _params_file(tmp_path, checkpoint)
+    params = _params_file(tiny_config_at, tmp_path, checkpoint)
     assert cli.main(["export", "--params", str(params)]) == 2
     assert f"checkpoint {checkpoint} does not exist" in capsys.readouterr().err
 

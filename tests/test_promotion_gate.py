@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vaegan.config import RegistryConfig
-from vaegan.promotion_gate import Candidate, decide_promotion, relative_improvement
+from vaegan.registry.gate import Candidate, decide_promotion, relative_improvement
 
 REGISTRY = RegistryConfig(min_improvement=0.02, max_fid=60.0, min_evaluator_accuracy=0.95)
 

@@ -26,7 +26,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_config
+from conftest import TinyConfig
 from promotion_worker import promote_in_child
 from vaegan.artifacts.checkpoint import save_checkpoint
 from vaegan.artifacts.provenance import sha256_file
@@ -34,16 +34,11 @@ from vaegan.config import Config
 from vaegan.errors import RegistryError
 from vaegan.export import export_decoder_onnx, export_encoder_onnx
 from vaegan.nn.networks import build_model, model_args_for
-from vaegan.registry import (
-    CHALLENGER,
-    CHAMPION,
-    champion_metric_tags,
-    champion_pair,
-    load_verified_onnx,
-    promote_challenger,
-    register_models,
-)
-from vaegan.registry_lock import lock_path_for, registry_lock
+from vaegan.registry.client import CHALLENGER, CHAMPION
+from vaegan.registry.lock import lock_path_for, registry_lock
+from vaegan.registry.promotion import promote_challenger
+from vaegan.registry.registration import register_models
+from vaegan.registry.verified import champion_metric_tags, champion_pair, load_verified_onnx
 
 DECODER, ENCODER = "vaegan-decoder", "vaegan-encoder"
 TRAIN_MD5 = "0123456789abcdef0123456789abcdef"
@@ -128,9 +123,9 @@ def stage_inputs(config: Config, artifacts: Artifacts, fid: float, accuracy: flo
 
 
 @pytest.fixture
-def config(tmp_path: Path, mlflow_uri: str) -> Config:
+def config(tmp_path: Path, mlflow_uri: str, tiny_config: TinyConfig) -> Config:
     (tmp_path / "dvc.lock").write_text(DVC_LOCK)
-    return tiny_config(tmp_path, tmp_path / "prepared", tracking={"uri": mlflow_uri})
+    return tiny_config(tracking={"uri": mlflow_uri})
 
 
 def register(config: Config, artifacts: Artifacts, fid: float, **kwargs: Any) -> Any:
@@ -420,12 +415,16 @@ def mlflow_server(tmp_path: Path, _migrated_mlflow_db: Path) -> Any:
 
 @pytest.mark.slow
 def test_against_a_real_mlflow_server(
-    tmp_path: Path, artifacts: Artifacts, mlflow_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    artifacts: Artifacts,
+    mlflow_server: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_config: TinyConfig,
 ) -> None:
     url, artifact_root = mlflow_server
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     (tmp_path / "dvc.lock").write_text(DVC_LOCK)
-    config = tiny_config(tmp_path, tmp_path / "prepared", tracking={"uri": url})
+    config = tiny_config(tracking={"uri": url})
     stage_inputs(config, artifacts, fid=30.0)
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps(config.to_dict()))  # JSON is YAML

@@ -20,16 +20,17 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, TinyConfigAt
 from vaegan.artifacts.checkpoint import load_checkpoint
+from vaegan.nn.step import VAEGAN_METRICS
 
 # 512 images / batch 16 = 32 steps per epoch, 2 epochs: 64 steps, a checkpoint every 5.
 TRAIN = {"limit_train_images": 512, "batch_size": 16, "epochs": 2, "checkpoint_every": 5, "log_every": 4}
 
 
-def prepare_run(root: Path, prepared: Path, migrated_db: Path) -> tuple[Path, dict[str, str]]:
+def prepare_run(root: Path, tiny_config_at: TinyConfigAt, migrated_db: Path) -> tuple[Path, dict[str, str]]:
     root.mkdir(parents=True)
-    config = tiny_config(root, prepared, train=TRAIN)
+    config = tiny_config_at(root, train=TRAIN)
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(config.to_dict()))
     shutil.copy(migrated_db, root / "mlflow.db")
@@ -69,16 +70,7 @@ def training_state(root: Path) -> dict[str, Any]:
     """What must match between runs: weights, optimizer and scheduler states, step, loss history."""
     final = load_checkpoint(root / "vaegan.pt")
     last = load_checkpoint(root / "checkpoints" / "last.pt")
-    losses = (
-        "loss_prior",
-        "loss_llike",
-        "loss_pixel",
-        "loss_dis",
-        "loss_gan",
-        "d_real",
-        "d_fake",
-        "val_loss",
-    )
+    losses = (*VAEGAN_METRICS, "val_loss")
     return {
         "weights": {net: final[net] for net in ("encoder", "decoder", "discriminator")},
         "last_weights": {net: last[net] for net in ("encoder", "decoder", "discriminator")},
@@ -91,19 +83,19 @@ def training_state(root: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def reference(
-    tmp_path_factory: pytest.TempPathFactory, small_prepared_dir: Path, _migrated_mlflow_db: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_config_at: TinyConfigAt, _migrated_mlflow_db: Path
 ) -> Path:
     """An uninterrupted run."""
     root = tmp_path_factory.mktemp("reference") / "run"
-    params, env = prepare_run(root, small_prepared_dir, _migrated_mlflow_db)
+    params, env = prepare_run(root, tiny_config_at, _migrated_mlflow_db)
     run_to_completion(params, env)
     return root
 
 
 def test_two_runs_are_bitwise_identical(
-    reference: Path, tmp_path: Path, small_prepared_dir: Path, _migrated_mlflow_db: Path
+    reference: Path, tmp_path: Path, tiny_config_at: TinyConfigAt, _migrated_mlflow_db: Path
 ) -> None:
-    params, env = prepare_run(tmp_path / "again", small_prepared_dir, _migrated_mlflow_db)
+    params, env = prepare_run(tmp_path / "again", tiny_config_at, _migrated_mlflow_db)
     run_to_completion(params, env)
     ref, again = training_state(reference), training_state(tmp_path / "again")
     assert ref["step"] == 64 and len(ref["history"]) == 2
@@ -112,10 +104,10 @@ def test_two_runs_are_bitwise_identical(
 
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(
-    reference: Path, tmp_path: Path, small_prepared_dir: Path, _migrated_mlflow_db: Path
+    reference: Path, tmp_path: Path, tiny_config_at: TinyConfigAt, _migrated_mlflow_db: Path
 ) -> None:
     root = tmp_path / "killed"
-    params, env = prepare_run(root, small_prepared_dir, _migrated_mlflow_db)
+    params, env = prepare_run(root, tiny_config_at, _migrated_mlflow_db)
     last = root / "checkpoints" / "last.pt"
     process = subprocess.Popen(
         train_command(params), env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -11,15 +11,16 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import TinyConfig
 from vaegan.artifacts.checkpoint import load_checkpoint, load_model, save_checkpoint
 from vaegan.cli import main
+from vaegan.nn.loop import HISTORY_COLUMNS, initial_model
 from vaegan.nn.networks import model_args_for
-from vaegan.train import HISTORY_COLUMNS, initial_model
+from vaegan.nn.step import VAEGAN_METRICS
 
 
-def write_params(tmp_path: Path, prepared: Path, **sections: dict) -> Path:
-    config = tiny_config(tmp_path, prepared, **sections)
+def write_params(tiny_config: TinyConfig, tmp_path: Path, **sections: dict) -> Path:
+    config = tiny_config(root=tmp_path, **sections)
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
@@ -46,9 +47,9 @@ def assert_equal_weights(a: dict, b: dict) -> None:
 
 
 def test_train_writes_outputs_and_logs_the_run_to_mlflow(
-    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str
 ) -> None:
-    params = write_params(tmp_path, small_prepared_dir)
+    params = write_params(tiny_config, tmp_path)
     assert train(params) == 0
 
     model = load_model(tmp_path / "vaegan.pt")
@@ -90,16 +91,7 @@ def test_train_writes_outputs_and_logs_the_run_to_mlflow(
     assert (
         run.data.tags["data_sha256"] == last["state"]["data_sha256"] and len(run.data.tags["git_commit"]) > 6
     )
-    for name in (
-        "loss_prior",
-        "loss_llike",
-        "loss_pixel",
-        "loss_dis",
-        "loss_gan",
-        "d_real",
-        "d_fake",
-        "images_per_s",
-    ):
+    for name in (*VAEGAN_METRICS, "images_per_s"):
         assert f"step/{name}" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "step/loss_gan")] == [2, 4, 6, 8]
     epoch_pixel = client.get_metric_history(run.info.run_id, "epoch/loss_pixel")
@@ -110,9 +102,9 @@ def test_train_writes_outputs_and_logs_the_run_to_mlflow(
 
 
 def test_vae_baseline_trains_encoder_and_decoder_only(
-    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str
 ) -> None:
-    params = write_params(tmp_path, small_prepared_dir)
+    params = write_params(tiny_config, tmp_path)
     assert train(params, "train.objective=vae") == 0
     payload = load_checkpoint(tmp_path / "vaegan.pt")
     initial = initial_model(model_args_for("seed"), seed=0)
@@ -127,9 +119,9 @@ def test_vae_baseline_trains_encoder_and_decoder_only(
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
-    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    params = write_params(tmp_path, small_prepared_dir, train={"checkpoint_every": 1, "log_every": 1})
+    params = write_params(tiny_config, tmp_path, train={"checkpoint_every": 1, "log_every": 1})
     code = train(params, "train.lr=1000000.0", "train.lr_discriminator=1000000.0")
     assert code == 1
     err = capsys.readouterr().err
@@ -148,9 +140,9 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 
 def test_rerun_of_a_finished_run_rewrites_outputs_without_training(
-    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str
 ) -> None:
-    params = write_params(tmp_path, small_prepared_dir)
+    params = write_params(tiny_config, tmp_path)
     assert train(params) == 0
     last = tmp_path / "checkpoints" / "last.pt"
     before = last.read_bytes()
@@ -168,14 +160,14 @@ def test_rerun_of_a_finished_run_rewrites_outputs_without_training(
 
 
 def test_longer_budget_continues_a_finished_run_exactly(
-    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str
 ) -> None:
     one = tmp_path / "one"
-    params = write_params(one, small_prepared_dir)
+    params = write_params(tiny_config, one)
     assert train(params) == 0
     assert train(params, "train.epochs=2") == 0  # continues from last.pt (step 8) to step 16
     two = tmp_path / "two"
-    assert train(write_params(two, small_prepared_dir, train={"epochs": 2})) == 0
+    assert train(write_params(tiny_config, two, train={"epochs": 2})) == 0
     assert_equal_weights(state_dicts(one / "vaegan.pt"), state_dicts(two / "vaegan.pt"))
     a, b = load_checkpoint(one / "checkpoints" / "last.pt"), load_checkpoint(two / "checkpoints" / "last.pt")
     assert a["state"]["step"] == b["state"]["step"] == 16
@@ -193,15 +185,15 @@ def test_longer_budget_continues_a_finished_run_exactly(
 
 
 def test_changed_params_refuse_an_unfinished_checkpoint_and_supersede_a_finished_one(
-    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    params = write_params(tmp_path, small_prepared_dir)
+    params = write_params(tiny_config, tmp_path)
     assert train(params) == 0
     last = tmp_path / "checkpoints" / "last.pt"
     payload = load_checkpoint(last)
     payload["state"]["completed"] = False
     payload["state"]["step"] = 4
-    save_checkpoint(last, {k: v for k, v in payload.items() if k != "format"})
+    save_checkpoint(last, payload)
     assert train(params, "train.lr=0.001") == 2
     err = capsys.readouterr().err
     assert "unfinished run (step 4)" in err and "train.lr: 0.0003 -> 0.001" in err
@@ -209,16 +201,16 @@ def test_changed_params_refuse_an_unfinished_checkpoint_and_supersede_a_finished
 
     payload["state"]["completed"] = True
     payload["state"]["step"] = 8
-    save_checkpoint(last, {k: v for k, v in payload.items() if k != "format"})
+    save_checkpoint(last, payload)
     assert train(params, "train.lr=0.001") == 0  # a finished run of other params: start fresh
     fresh = load_checkpoint(last)
     assert fresh["config"]["train"]["lr"] == 0.001 and fresh["state"]["step"] == 8
 
 
 def test_the_latent_prior_is_fitted_after_training_and_refitted_without_retraining(
-    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str
 ) -> None:
-    params = write_params(tmp_path, small_prepared_dir, model={"preset": "default"})
+    params = write_params(tiny_config, tmp_path, model={"preset": "default"})
     assert train(params, "train.prior=mixture", "train.prior_components=3") == 0
     last = tmp_path / "checkpoints" / "last.pt"
     trained = last.read_bytes()
@@ -241,10 +233,10 @@ def test_the_latent_prior_is_fitted_after_training_and_refitted_without_retraini
 
 
 def test_decoder_ema_is_the_final_decoder_and_resumes_exactly(
-    tmp_path: Path, small_prepared_dir: Path, mlflow_uri: str
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str
 ) -> None:
     one = tmp_path / "one"
-    params = write_params(one, small_prepared_dir, train={"ema_decay": 0.9})
+    params = write_params(tiny_config, one, train={"ema_decay": 0.9})
     assert train(params) == 0
     last = load_checkpoint(one / "checkpoints" / "last.pt")
     final = load_checkpoint(one / "vaegan.pt")
@@ -255,5 +247,5 @@ def test_decoder_ema_is_the_final_decoder_and_resumes_exactly(
 
     assert train(params, "train.epochs=2") == 0  # continues, the average with it
     two = tmp_path / "two"
-    assert train(write_params(two, small_prepared_dir, train={"ema_decay": 0.9, "epochs": 2})) == 0
+    assert train(write_params(tiny_config, two, train={"ema_decay": 0.9, "epochs": 2})) == 0
     assert_equal_weights(state_dicts(one / "vaegan.pt"), state_dicts(two / "vaegan.pt"))

@@ -1,12 +1,13 @@
-"""The scheduled evaluation of the champion: is the model in production still as good as when it
-was promoted?
+"""The champion check (`vaegan check-champion`, scheduled by the `check-champion` flow): is the model
+in production still as good as when it was promoted?
 
 The champion's encoder and decoder are loaded from the registry as ONNX (sha256 verified against
 the tags written at registration), scored with ONNX Runtime on the current test data by the same
-code as the `evaluate` stage, with a fresh sampling seed, and the FID is compared with the one
+scoring as the `evaluate` stage (`vaegan.scoring.core.load_scoring`: evaluator, feature extractor,
+splits, settings), with a fresh sampling seed, and the FID is compared with the one
 recorded at promotion (`metric.fid` on the decoder version). A relative degradation beyond
 `registry.max_fid_drift` is a failure. Every check is logged to the MLflow experiment
-`scheduled-evaluation`, tagged with the model versions and the data hash.
+`check-champion`, tagged with the model versions and the data hash.
 """
 
 from __future__ import annotations
@@ -17,17 +18,25 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow.entities import Metric, RunTag
+
+from vaegan.artifacts.onnx_runtime import active_provider
+from vaegan.artifacts.provenance import sha256_file
+from vaegan.data.splits import data_sha256
 from vaegan.errors import CheckpointError, VaeganError
+from vaegan.registry.verified import champion_pair
+from vaegan.scoring.core import load_scoring
+from vaegan.scoring.onnx_model import OnnxAutoencoder
+from vaegan.tracking.store import connect, ensure_experiment
 
 if TYPE_CHECKING:
     from vaegan.config import Config
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = "scheduled-evaluation"
+EXPERIMENT = "check-champion"
 
 
 class ChampionDrift(VaeganError):
@@ -38,7 +47,7 @@ class ChampionDrift(VaeganError):
 
 @dataclass
 class ChampionReport:
-    """One scheduled evaluation: what was measured, what was recorded at promotion, the verdict."""
+    """One champion check: what was measured, what was recorded at promotion, the verdict."""
 
     decoder: str  # "name vN"
     encoder: str
@@ -96,29 +105,18 @@ def _recorded_fid(tags: dict[str, str], where: str) -> float:
 
 
 def check_champion(*, config: Config, seed: int, device: str = "auto") -> ChampionReport:
-    """Load the verified champion pair, score it on the current test data, compare with promotion."""
-    from vaegan.artifacts.onnx_runtime import active_provider
-    from vaegan.artifacts.provenance import sha256_file
-    from vaegan.data.splits import data_sha256, load_split
-    from vaegan.evaluate import evaluate_model
-    from vaegan.evaluator import load_evaluator
-    from vaegan.registry import champion_pair
-    from vaegan.scoring.onnx_model import OnnxAutoencoder
-
+    """Load the verified champion pair and score it on the current test data exactly as the
+    `evaluate` stage scores (`load_scoring`: same evaluator, feature extractor, splits, settings and
+    torch device), with `seed` for the prior samples; compare with the FID recorded at promotion.
+    `device` (auto, cpu, cuda) is ONNX Runtime's."""
     started = time.perf_counter()
     decoder, encoder = champion_pair(config=config)
     decoder_label = f"{decoder.name} v{decoder.version}"
     promoted_fid = _recorded_fid(decoder.tags, decoder_label)
-    if not Path(config.evaluator.path).is_file():
-        raise CheckpointError(f"evaluator {config.evaluator.path} does not exist: `dvc pull evaluator` first")
-    prepared = config.data.prepared_dir
-    test, train = load_split(prepared, "test"), load_split(prepared, "train")
+    scoring = load_scoring(config)
     autoencoder = OnnxAutoencoder(encoder.path, decoder.path, device)
-    evaluation = evaluate_model(
-        model=autoencoder, evaluator=load_evaluator(config.evaluator.path), test=test, floor=train,
-        num_samples=config.evaluate.num_samples, seed=seed, batch_size=config.evaluate.batch_size,
-        precision_recall_k=config.evaluate.precision_recall_k,
-    )  # fmt: skip
+    evaluation = scoring.score(autoencoder, seed=seed)
+    prepared = config.data.prepared_dir
     report = ChampionReport(
         decoder=decoder_label,
         encoder=f"{encoder.name} v{encoder.version}",
@@ -140,6 +138,12 @@ def check_champion(*, config: Config, seed: int, device: str = "auto") -> Champi
             f"promotion FID used {float(recorded_n):.0f} samples, this one {config.evaluate.num_samples}: "
             "FID depends on N"
         )
+    recorded_features = decoder.tags.get("metric.feature_extractor")
+    if recorded_features is not None and recorded_features != config.evaluate.feature_extractor:
+        report.notes.append(
+            f"promotion FID used {recorded_features} features, this one {config.evaluate.feature_extractor}: "
+            "FIDs differ in scale"
+        )
     if report.evaluator_sha256 != report.promoted_evaluator_sha256:
         report.notes.append("the evaluator differs from the one the promotion FID used: FIDs differ in scale")
     if report.data_sha256 != report.promoted_data_sha256:
@@ -148,11 +152,7 @@ def check_champion(*, config: Config, seed: int, device: str = "auto") -> Champi
 
 
 def log_check(config: Config, report: ChampionReport) -> str:
-    """Log the check to the MLflow experiment `scheduled-evaluation`; return the run id."""
-    from mlflow.entities import Metric, RunTag
-
-    from vaegan.tracking.store import connect, ensure_experiment
-
+    """Log the check to the MLflow experiment `check-champion`; return the run id."""
     client = connect(config.tracking)
     experiment_id = ensure_experiment(client, config.tracking, EXPERIMENT)
     tags = {

@@ -1,5 +1,13 @@
-"""The `vaegan` command line. Stage modules are imported only when their command runs, so
-`vaegan --help` starts fast; each stage entry is `run(config, args) -> int | None`."""
+"""The `vaegan` command line; each stage entry is `run(config, args) -> int | None`.
+
+Stage modules are imported only when their command runs (`COMMANDS` names them as text), because
+importing them all (torch, torchvision, onnxruntime, mlflow) is what `vaegan --help` would cost
+otherwise. Measured on the 2-core CI machine, median of 5 runs each: `vaegan --help` 0.18 s with
+lazy stage imports, 12.9 s with every stage module imported first (`python -c pass`: 0.02-0.04 s;
+under load, so absolute times are high but the ratio holds). The config module and yaml are imported
+at the top: they cost about 0.09 s of that 0.18 s (0.10-0.11 s without them), well inside the
+bench's 1 s target for `vaegan --help` (bench/orchestration.py).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,9 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import yaml
+
+from vaegan.config import Config, load_config
 from vaegan.errors import VaeganError
 
 
@@ -103,14 +114,14 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "register",
-        "vaegan.registry:run_register",
+        "vaegan.register:run",
         "register the ONNX models in MLflow as challenger",
         "Register the exported encoder and decoder in the MLflow model registry with their\n"
         "metrics and provenance tags, and point the `challenger` alias at them.",
     ),
     Command(
         "promote",
-        "vaegan.registry:run_promote",
+        "vaegan.promote:run",
         "move `champion` to the challenger if the gate passes",
         "Compare the challenger with the champion (registry.* params) and move the `champion`\n"
         "alias of encoder and decoder together when the gate passes.",
@@ -130,7 +141,7 @@ COMMANDS: tuple[Command, ...] = (
         "score the registry's champion on the current test data; exit 1 on drift",
         "Load the champion encoder/decoder from the MLflow registry as ONNX (sha256 verified),\n"
         "evaluate them with ONNX Runtime on the current test data with a fresh seed, log to the\n"
-        "MLflow experiment `scheduled-evaluation`, and fail when FID degraded beyond\n"
+        "MLflow experiment `check-champion`, and fail when FID degraded beyond\n"
         "registry.max_fid_drift relative to the FID recorded at promotion.",
         add_arguments=_check_champion_arguments,
     ),
@@ -143,11 +154,9 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
-def show_params(config: object, args: argparse.Namespace) -> int:
+def show_params(config: Config, args: argparse.Namespace) -> int:
     """Print the resolved config as YAML."""
-    import yaml
-
-    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")  # type: ignore[attr-defined]
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
     return 0
 
 
@@ -208,8 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        from vaegan.config import load_config
-
         config = load_config(args.params, args.overrides)
         result = _resolve(command.target)(config, args)
     except VaeganError as exc:

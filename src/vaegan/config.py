@@ -150,7 +150,7 @@ class RegistryConfig:
     min_improvement: float = _range(0.02, ge=0, lt=1)
     max_fid: float = _range(800.0, gt=0)
     min_evaluator_accuracy: float = _range(0.95, ge=0, le=1)
-    # Relative FID degradation at a scheduled evaluation that fails the check.
+    # Relative FID degradation that fails the champion check (`vaegan check-champion`).
     max_fid_drift: float = _range(0.25, ge=0)
 
 
@@ -357,8 +357,3 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
             raise ConfigError(f"{section}: expected a mapping of keys, got {section_values!r}")
         section_values[key] = value
     return build_config(raw)
-
-
-def default_params_yaml() -> str:
-    """The defaults as YAML (what `vaegan params` prints)."""
-    return yaml.safe_dump(Config().to_dict(), sort_keys=False)

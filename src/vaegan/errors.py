@@ -29,3 +29,10 @@ class TrainingError(VaeganError):
 
 class RegistryError(VaeganError):
     """The MLflow tracking server or model registry refused or failed a request."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message (its type name when the message is empty), for one-line
+    errors that wrap a library's multi-line one."""
+    message = str(exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__

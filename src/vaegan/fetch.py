@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from vaegan.artifacts.atomic_io import atomic_directory, write_json
 from vaegan.artifacts.provenance import sha256_bytes
 from vaegan.config import Config
@@ -306,8 +308,6 @@ def _download_one(
 
 def _http_get(url: str, timeout_s: float, progress: bool) -> bytes:
     """The body of `url` (urllib, `timeout_s` per blocking operation), with a progress bar if asked."""
-    from tqdm import tqdm
-
     request = urllib.request.Request(url, headers={"User-Agent": "vaegan-fetch/1 (python urllib)"})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         length = response.headers.get("Content-Length")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from vaegan.errors import CheckpointError, ConfigError
+from vaegan.errors import CheckpointError, ConfigError, first_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -88,8 +88,7 @@ def create_session(
         session = ort.InferenceSession(model, session_options(), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         where = "ONNX model" if isinstance(model, bytes) else f"ONNX model {model}"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{where} cannot be loaded by ONNX Runtime: {first}") from exc
+        raise CheckpointError(f"{where} cannot be loaded by ONNX Runtime: {first_line(exc)}") from exc
     if device == "cuda" and active_provider(session) != CUDA:
         raise ConfigError(f"device 'cuda' requested but ONNX Runtime could not activate {CUDA}")
     return session

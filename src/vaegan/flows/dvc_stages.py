@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedSeq
 
 from vaegan.artifacts.atomic_io import write_text
 from vaegan.config import load_config
@@ -137,8 +139,6 @@ def apply_params(
     changes. Returns the changes as `key -> (old, new)`. An invalid override raises `ConfigError`
     before anything is written.
     """
-    from ruamel.yaml import YAML
-
     params_path = Path(repo_dir) / "params.yaml"
     as_text = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
     new_config = load_config(params_path, as_text).to_dict()
@@ -173,8 +173,6 @@ def _flow_style(value: Any) -> Any:
     """Lists as `[a, b]` on one line, the way params.yaml writes them."""
     if not isinstance(value, list):
         return value
-    from ruamel.yaml.comments import CommentedSeq
-
     seq = CommentedSeq(value)
     seq.fa.set_flow_style()
     return seq

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vaegan.flows.dvc_stages import StageOutcome
-    from vaegan.registry import PromotionDecision, Registration
+    from vaegan.registry.promotion import PromotionDecision
+    from vaegan.registry.registration import Registration
 
 # The metrics the summary table shows, and which direction is better.
 SUMMARY_METRICS = (
@@ -33,10 +34,6 @@ class RetrainSummary:
     tracking_uri: str
     pushed_to: str | None = None
     champion_metrics: dict[str, Any] = field(default_factory=dict)  # tags metric.* of the old champion
-
-    @property
-    def stages_ran(self) -> list[str]:
-        return [outcome.stage for outcome in self.stages if outcome.ran]
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly digest (the flow's return value)."""

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+import torch.utils.deterministic
 
 from vaegan.errors import ConfigError
 
@@ -56,8 +57,6 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     ~7% of a CPU step, bench/profile): no code here reads memory it did not write, and the
     bitwise-identical rerun and resume tests hold without it.
     """
-    import torch.utils.deterministic
-
     settings: Any = torch.utils.deterministic  # a module object with a property; untyped in torch
     previous = torch.are_deterministic_algorithms_enabled()
     previous_fill = settings.fill_uninitialized_memory

@@ -94,18 +94,3 @@ def max_divergence_from_rank0(modules: list[nn.Module], ctx: Distributed) -> flo
     diff = (flat - reference).abs().max().reshape(1)
     dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return float(diff.item())
-
-
-def barrier(ctx: Distributed) -> None:
-    """Wait for every rank (no-op for a single process)."""
-    if ctx.enabled:
-        dist.barrier()
-
-
-def broadcast_object(obj: object, ctx: Distributed) -> object:
-    """Rank 0's `obj` on every rank."""
-    if not ctx.enabled:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]

@@ -2,7 +2,7 @@
 
 A run resumes from `<train.checkpoint_dir>/last.pt` when its *resume key* matches the checkpoint's:
 the model section, the train section without the keys in `RESUME_IGNORED`, the data's sha256, the
-number of DDP ranks and the sha256 of the training code (`TRAINING_CODE`): after a code change DVC
+number of DDP ranks and the sha256 of the training code (`training_code()`): after a code change DVC
 re-runs the stage, and a finished checkpoint of the old code must not stand in for the new model.
 The ignored keys change where files go, how often the run logs or saves,
 how long it runs or on which device, never the sequence of updates it makes.
@@ -10,17 +10,19 @@ how long it runs or on which device, never the sequence of updates it makes.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from vaegan.artifacts.code_closure import command_closure, package_dir
+from vaegan.artifacts.provenance import sha256_bytes
+from vaegan.config import Config
 from vaegan.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from vaegan.config import Config
 
 # train.* keys that may differ between a checkpoint and the run resuming it.
 RESUME_IGNORED = frozenset(
@@ -43,20 +45,23 @@ RESUME_IGNORED = frozenset(
 )
 
 
-# The modules whose code decides the sequence of updates (the train stage's code deps in dvc.yaml).
-TRAINING_CODE = (
-    "nn/networks", "nn/losses", "nn/step", "nn/resume", "train", "nn/distributed", "nn/latent_prior",
-)  # fmt: skip
+# The command whose code decides the sequence of updates (dvc.yaml's train stages run it).
+TRAINING_COMMAND = "train"
+
+
+@functools.cache
+def training_code() -> tuple[str, ...]:
+    """The package files `vaegan train` runs (its import closure; the train stage's code deps in
+    dvc.yaml come from the same function), relative to the package directory, sorted."""
+    return tuple(str(path) for path in command_closure(TRAINING_COMMAND))
 
 
 def training_code_sha256() -> str:
-    """sha256 over the source of the `TRAINING_CODE` modules of the installed vaegan package."""
-    import hashlib
-    from importlib import resources
-
+    """sha256 over the name and sha256 of each `training_code()` file of the installed package."""
+    root = package_dir()
     digest = hashlib.sha256()
-    for name in TRAINING_CODE:
-        digest.update((resources.files("vaegan") / f"{name}.py").read_bytes())
+    for name in training_code():
+        digest.update(f"{name}:{sha256_bytes((root / name).read_bytes())}\n".encode())
     return digest.hexdigest()
 
 

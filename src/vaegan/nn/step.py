@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from vaegan.config import TrainConfig
 from vaegan.nn.losses import (
     discriminator_bce,
     equilibrium_gates,
@@ -35,9 +35,6 @@ from vaegan.nn.losses import (
     kl_prior,
     pixel_recon,
 )
-
-if TYPE_CHECKING:
-    from vaegan.config import TrainConfig
 
 # Columns of the metric vector a step returns, per objective.
 VAEGAN_METRICS = ("loss_prior", "loss_llike", "loss_pixel", "loss_dis", "loss_gan", "d_real", "d_fake")

@@ -1,2 +1,2 @@
-"""Scoring a model: the evaluation core shared by `vaegan evaluate` and the champion check, the metrics,
-the feature extractors and the report."""
+"""Scoring a model: the evaluation core shared by `vaegan evaluate` and the champion check (core),
+the evaluator network (lenet), the metrics, the feature extractors and the report."""

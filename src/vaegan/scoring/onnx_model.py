@@ -1,4 +1,4 @@
-"""The exported ONNX encoder and decoder as an `evaluate.Autoencoder`, so that the artifacts the
+"""The exported ONNX encoder and decoder as a `vaegan.scoring.core.Autoencoder`, so that the artifacts the
 registry holds are scored by exactly the code that scored the PyTorch model."""
 
 from __future__ import annotations

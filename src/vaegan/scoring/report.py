@@ -19,16 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from vaegan.artifacts.atomic_io import atomic_directory
 from vaegan.artifacts.images import image_grid, write_png
+from vaegan.scoring.core import Evaluation
 from vaegan.scoring.metrics import max_class_entropy
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from vaegan.data.splits import Split
-    from vaegan.evaluate import Evaluation
     from vaegan.nn.networks import VAEGAN
 
 SCALE = 2  # PNG pixels per image pixel
@@ -106,9 +108,6 @@ def prior_quantile_grid(n: int = 20, low: float = 0.05, high: float = 0.95) -> t
 
 def latent_scatter_png(path: Path | str, mu: np.ndarray, labels: np.ndarray) -> None:
     """Scatter plot of 2-D test-set latent means coloured by class (matplotlib's Agg canvas)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(7, 6), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

@@ -14,14 +14,17 @@ relative to the working directory.
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaegan.errors import RegistryError
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from vaegan.errors import RegistryError, first_line
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-
     from vaegan.config import TrackingConfig
 
 LOCAL_SCHEMES = ("sqlite", "file", "")
@@ -76,9 +79,6 @@ def _check_uri(uri: str) -> None:
 def _probe_server(uri: str, timeout_s: float = 10.0) -> None:
     """Fail fast when an http(s) tracking server does not answer at all (MLflow's own client retries
     a refused connection with backoff for minutes). Any HTTP answer, even an error, counts as up."""
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
             pass
@@ -92,9 +92,6 @@ def _probe_server(uri: str, timeout_s: float = 10.0) -> None:
 def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
     """An MlflowClient for `uri` (default: the tracking URI in effect), checked to answer; sets
     mlflow's global tracking and registry URIs."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     uri = uri or tracking_uri(tracking)
     _check_uri(uri)
     if _scheme(uri) in ("http", "https"):
@@ -105,8 +102,7 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:  # mlflow raises MlflowException, requests/sqlalchemy errors, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RegistryError(f"MLflow tracking URI {uri!r} is not reachable: {first}") from exc
+        raise RegistryError(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
     return client
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
 
 from vaegan.artifacts.images import image_grid, write_png
 from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-
     from vaegan.config import Config
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,13 @@ class TrainingRun:
         return tracker
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
+        """Log each param as a string (None as `null`), in batches MLflow accepts."""
         items = [Param(key, "null" if value is None else str(value)) for key, value in params.items()]
         for start in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + _BATCH])
 
     def log_metrics(self, values: dict[str, float], step: int, prefix: str) -> None:
         """Log `prefix/<name>` for each finite value at `step`."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         metrics = [
             Metric(f"{prefix}/{key}", float(value), now, step)

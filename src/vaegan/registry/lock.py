@@ -21,6 +21,7 @@ crashed promotion never leaves a stale lock behind. It is unreliable on some net
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -50,8 +51,6 @@ def lock_path_for(uri: str) -> Path:
 @contextlib.contextmanager
 def registry_lock(uri: str, *, shared: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Path]:
     """Hold the registry lock of `uri` (exclusive, or shared for readers) for the `with` body."""
-    import fcntl
-
     path = lock_path_for(uri)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,14 @@
-"""The `evaluate-champion` flow: the scheduled check of the model in production.
+"""The `check-champion` flow: the scheduled check of the model in production.
 
-    python -m pipelines.evaluate_champion               # fresh seed
-    python -m pipelines.evaluate_champion --seed 7      # repeat a past check exactly
+    python -m pipelines.check_champion               # fresh seed
+    python -m pipelines.check_champion --seed 7      # repeat a past check exactly
 
 It makes sure the DVC-tracked test data and evaluator are in the workspace (`dvc pull` when they
 are missing), loads `vaegan-decoder@champion` and its encoder from the MLflow registry as ONNX with
-their sha256 verified, scores them with ONNX Runtime, logs the result to the MLflow experiment
-`scheduled-evaluation`, and publishes a Prefect markdown artifact (`champion-evaluation`). When the
-FID degraded beyond `registry.max_fid_drift`, it also publishes `champion-drift` and the flow fails,
-so Prefect automations (or any alerting on failed runs) fire.
+their sha256 verified, scores them with ONNX Runtime exactly as the `evaluate` stage scores, logs
+the result to the MLflow experiment `check-champion`, and publishes a Prefect markdown artifact
+(`champion-evaluation`). When the FID degraded beyond `registry.max_fid_drift`, it also publishes
+`champion-drift` and the flow fails, so Prefect automations (or any alerting on failed runs) fire.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from vaegan import check_champion
+from vaegan import check_champion as champion
 from vaegan.config import Config, load_config
 from vaegan.flows import dvc_stages
 
@@ -40,15 +40,15 @@ def ensure_test_data(config: Config, remote: str | None) -> list[str]:
 
 
 @task(retries=2, retry_delay_seconds=15, task_run_name="score the champion")
-def score_champion(config: Config, seed: int, device: str) -> check_champion.ChampionReport:
-    report = check_champion.check_champion(config=config, seed=seed, device=device)
-    check_champion.log_check(config, report)
+def score_champion(config: Config, seed: int, device: str) -> champion.ChampionReport:
+    report = champion.check_champion(config=config, seed=seed, device=device)
+    champion.log_check(config, report)
     get_run_logger().info(report.message())
     return report
 
 
-@flow(name="evaluate-champion", log_prints=True)
-def evaluate_champion(
+@flow(name="check-champion", log_prints=True)
+def check_champion(
     seed: int | None = None,
     params_path: str = "params.yaml",
     device: str = "auto",
@@ -59,13 +59,13 @@ def evaluate_champion(
     os.chdir(repo_dir)
     config = load_config(params_path)
     ensure_test_data(config, remote)
-    chosen_seed = check_champion.fresh_seed() if seed is None else seed
+    chosen_seed = champion.fresh_seed() if seed is None else seed
     report = score_champion(config, chosen_seed, device)
-    markdown = check_champion.report_markdown(report)
+    markdown = champion.report_markdown(report)
     create_markdown_artifact(key="champion-evaluation", markdown=markdown, description=report.message())
     if not report.passed:
         create_markdown_artifact(key="champion-drift", markdown=markdown, description=report.message())
-        raise check_champion.ChampionDrift(report.message())
+        raise champion.ChampionDrift(report.message())
     return {
         "passed": report.passed,
         "fid": report.fid,
@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        evaluate_champion(seed=args.seed, params_path=args.params, device=args.device, remote=args.remote)
-    except check_champion.ChampionDrift as exc:
-        print(f"evaluate-champion: {exc}", file=sys.stderr)
+        check_champion(seed=args.seed, params_path=args.params, device=args.device, remote=args.remote)
+    except champion.ChampionDrift as exc:
+        print(f"check-champion: {exc}", file=sys.stderr)
         return 1
     return 0
 
