@@ -1,4 +1,4 @@
-"""Training throughput: `vaegan train`'s loop (`vaegan.train.fit_vaegan`) against a textbook loop.
+"""Training throughput: `vaegan train`'s loop (`vaegan.nn.loop.fit_vaegan`) against a textbook loop.
 
 Both sides train the same networks (`vaegan.nn.networks.build_model`) with the same losses, gradient
 routing and Adam settings, on 60,000 MNIST images:

@@ -13,7 +13,6 @@ Only the tasks that do I/O against a service (registry calls, `dvc push`) retry.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from vaegan.artifacts.atomic_io import read_json_object
 from vaegan.config import Config, load_config
 from vaegan.flows import dvc_stages
 from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
@@ -94,8 +94,7 @@ def push(remote: str | None) -> str:
 def _read_json(path: str | None) -> dict[str, Any] | None:
     if not path or not Path(path).is_file():
         return None
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else None
+    return read_json_object(path)
 
 
 @flow(name="retrain", log_prints=True)

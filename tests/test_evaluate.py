@@ -17,7 +17,7 @@ from torchvision.models import inception as tv
 
 from conftest import REPO_ROOT, TinyConfig
 from vaegan import evaluate, evaluator
-from vaegan.artifacts.checkpoint import save_checkpoint
+from vaegan.artifacts.checkpoint import model_payload, save_checkpoint
 from vaegan.data.splits import Split, load_split
 from vaegan.errors import CheckpointError
 from vaegan.nn.latent_prior import LatentPrior, fit_mixture
@@ -36,11 +36,7 @@ def _vaegan_payload(preset: str, state: dict | None = None, seed: int = 0) -> di
     args = model_args_for(preset)
     torch.manual_seed(seed)
     model = build_model(args)
-    return {
-        "kind": "vaegan", "model_args": args.to_dict(), "config": {"train": {"objective": "vaegan"}},
-        "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
-        "discriminator": model.discriminator.state_dict(), "state": state or {},
-    }  # fmt: skip
+    return model_payload(model, {"train": {"objective": "vaegan"}}, state or {})
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO_ROOT, TinyConfig
 from vaegan import evaluator
-from vaegan.artifacts.checkpoint import save_checkpoint
+from vaegan.artifacts.checkpoint import model_payload, save_checkpoint
 from vaegan.config import EvaluatorConfig
 from vaegan.data.idx import read_images, read_labels
 from vaegan.data.splits import Split, load_split
@@ -86,18 +86,7 @@ def test_load_evaluator_refuses_other_checkpoints(tmp_path: Path) -> None:
     vaegan_path = tmp_path / "vaegan.pt"
     args = model_args_for("seed")
     model = build_model(args)
-    save_checkpoint(
-        vaegan_path,
-        {
-            "kind": "vaegan",
-            "model_args": args.to_dict(),
-            "config": {},
-            "state": {},
-            "encoder": model.encoder.state_dict(),
-            "decoder": model.decoder.state_dict(),
-            "discriminator": model.discriminator.state_dict(),
-        },
-    )
+    save_checkpoint(vaegan_path, model_payload(model, {}, {}))
     with pytest.raises(CheckpointError, match="holds a 'vaegan' model, expected 'evaluator'"):
         lenet.load_evaluator(str(vaegan_path))
     wrong = tmp_path / "wrong.pt"

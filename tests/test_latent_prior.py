@@ -29,6 +29,15 @@ def test_em_recovers_a_known_mixture() -> None:
     np.testing.assert_allclose(covs[order], COVS, atol=0.15)
 
 
+def test_covariance_floor_is_added_to_every_component() -> None:
+    # Three codes on a line: a component fitted to them alone would have a zero variance across it.
+    codes = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]] * 10)
+    for floor in (1e-4, 1e-2):
+        fit = fit_mixture(codes, components=1, seed=0, reg=floor)
+        cov = fit.cholesky[0] @ fit.cholesky[0].T
+        np.testing.assert_allclose(cov, [[2.0 / 3.0 + floor, 0.0], [0.0, floor]], atol=1e-12)
+
+
 def test_ndtri_matches_torch() -> None:
     tails = torch.logspace(-7, -1, 200, dtype=torch.float64)
     u = torch.cat([tails, torch.linspace(0.01, 0.99, 500, dtype=torch.float64), 1 - tails])

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TinyConfig
 from promotion_worker import promote_in_child
-from vaegan.artifacts.checkpoint import save_checkpoint
+from vaegan.artifacts.checkpoint import model_payload, save_checkpoint
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.config import Config
 from vaegan.errors import RegistryError
@@ -73,20 +73,16 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     checkpoint = out / "vaegan.pt"
     save_checkpoint(
         checkpoint,
-        {
-            "kind": "vaegan",
-            "model_args": args.to_dict(),
-            "config": {},
-            "encoder": model.encoder.state_dict(),
-            "decoder": model.decoder.state_dict(),
-            "discriminator": model.discriminator.state_dict(),
-            "state": {
+        model_payload(
+            model,
+            {},
+            {
                 "data_sha256": "d" * 64,
                 "git_commit": "c0ffee",
                 "mlflow_run_id": "training-run-1",
                 "objective": "vaegan",
             },
-        },
+        ),
     )
     return Artifacts(checkpoint, out / "decoder.onnx", out / "encoder.onnx")
 

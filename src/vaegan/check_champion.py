@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, RunTag
-
 from vaegan.artifacts.onnx_runtime import active_provider
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.data.splits import data_sha256
@@ -29,7 +27,7 @@ from vaegan.errors import CheckpointError, VaeganError
 from vaegan.registry.verified import champion_pair
 from vaegan.scoring.core import load_scoring
 from vaegan.scoring.onnx_model import OnnxAutoencoder
-from vaegan.tracking.store import connect, ensure_experiment
+from vaegan.tracking.store import connect, ensure_experiment, log_metrics
 
 if TYPE_CHECKING:
     from vaegan.config import Config
@@ -166,14 +164,11 @@ def log_check(config: Config, report: ChampionReport) -> str:
         "verdict": "pass" if report.passed else "drift",
     }
     run = client.create_run(experiment_id, run_name=f"check {report.decoder}", tags=tags)
-    now = int(time.time() * 1000)
     numeric = {k: float(v) for k, v in report.metrics.items() if isinstance(v, int | float)}
     numeric |= {"promoted_fid": report.promoted_fid, "fid_drift": report.fid_drift, "seconds": report.seconds}
-    client.log_batch(
-        run.info.run_id,
-        metrics=[Metric(key, value, now, 0) for key, value in numeric.items() if math.isfinite(value)],
-        tags=[RunTag("notes", " | ".join(report.notes))] if report.notes else [],
-    )
+    log_metrics(client, run.info.run_id, numeric)
+    if report.notes:
+        client.set_tag(run.info.run_id, "notes", " | ".join(report.notes))
     client.set_terminated(run.info.run_id, status="FINISHED" if report.passed else "FAILED")
     report.run_id = run.info.run_id
     return run.info.run_id

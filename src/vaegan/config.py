@@ -110,7 +110,10 @@ class TrainConfig:
     # The latent prior generation draws from, fitted to the encoder means after training:
     # standard = N(0, I); gaussian = one full-covariance Gaussian; mixture = prior_components of them.
     prior: Literal["standard", "gaussian", "mixture"] = "mixture"
-    prior_components: int = _range(40, ge=1)
+    prior_components: int = _range(80, ge=1)
+    # Added to each component's covariance diagonal: a floor that keeps a component fitted to few
+    # codes from collapsing onto them (1e-4 to 1e-2 measured in docs/training.md).
+    prior_covariance_floor: float = _range(0.01, gt=0, le=1.0)
     # Per-epoch loss curves (a DVC plot).
     history_path: str = "metrics/train_history.csv"
 

@@ -9,22 +9,19 @@ to MLflow.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
-
-from vaegan.artifacts.atomic_io import write_json
+from vaegan.artifacts.atomic_io import read_json_object, write_json
 from vaegan.artifacts.checkpoint import load_checkpoint, model_from_checkpoint
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.data.splits import data_sha256
 from vaegan.errors import ConfigError
 from vaegan.scoring.core import METRIC_KEYS, load_scoring
 from vaegan.scoring.report import write_report
-from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment
+from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment, log_metrics
 
 if TYPE_CHECKING:
     from vaegan.config import Config
@@ -42,10 +39,9 @@ def load_baseline(path: str | None) -> dict[str, Any] | None:
     if not path or not Path(path).is_file():
         return None
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return read_json_object(path)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"evaluate.baseline_metrics: {path} is not a readable JSON file: {exc}") from exc
-    return data if isinstance(data, dict) else None
+        raise ConfigError(f"evaluate.baseline_metrics: {path} is not a readable JSON object: {exc}") from exc
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
@@ -116,11 +112,9 @@ def log_to_mlflow(config: Config, values: dict[str, Any], run_id: str | None, se
             experiment_id, run_name="evaluate", tags={"vaegan.stage": "evaluate", **dvc_experiment_tags()}
         ).info.run_id
         own_run = True
-    now = int(time.time() * 1000)
     keys = (*METRIC_KEYS, "num_samples", "num_test")
     numeric = {key: float(values[key]) for key in keys if values.get(key) is not None}
-    numeric["seconds"] = seconds
-    client.log_batch(run_id, metrics=[Metric(f"eval/{key}", value, now, 0) for key, value in numeric.items()])
+    log_metrics(client, run_id, {**numeric, "seconds": seconds}, prefix="eval/")
     client.set_tag(run_id, "eval.feature_extractor", str(values.get("feature_extractor")))
     client.log_artifact(run_id, config.evaluate.metrics_path, artifact_path="evaluation")
     client.log_artifacts(run_id, config.evaluate.report_dir, artifact_path="evaluation/report")

@@ -37,7 +37,7 @@ from vaegan.artifacts.atomic_io import atomic_directory, atomic_path, write_json
 from vaegan.artifacts.checkpoint import load_model
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.config import Config
-from vaegan.errors import ConfigError, VaeganError
+from vaegan.errors import ConfigError, VaeganError, first_line
 from vaegan.nn.networks import IMAGE_SHAPE, VAEGAN
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _export_graph(model: VAEGAN, spec: GraphSpec, path: str | Path, opset: int) 
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},),
         )
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed for the {spec.name}: {exc}".splitlines()[0]) from exc
+        raise ExportError(f"torch.onnx.export failed for the {spec.name}: {first_line(exc)}") from exc
     finally:
         for submodule, training in modes:
             submodule.training = training
@@ -252,7 +252,7 @@ def _verify_graph(
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"onnx.checker rejected the {spec.name}: {exc}".splitlines()[0]) from exc
+        raise ExportError(f"onnx.checker rejected the {spec.name}: {first_line(exc)}") from exc
     session = onnx_runtime.create_session(path, device)
     inputs, outputs = onnx_runtime.io_names(session)
     if (tuple(inputs), tuple(outputs)) != (spec.input_names, spec.output_names):

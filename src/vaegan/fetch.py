@@ -20,7 +20,6 @@ import argparse
 import gzip
 import hashlib
 import http.client
-import json
 import logging
 import os
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vaegan.artifacts.atomic_io import atomic_directory, write_json
+from vaegan.artifacts.atomic_io import atomic_directory, read_json_object, write_json
 from vaegan.artifacts.provenance import sha256_bytes
 from vaegan.config import Config
 from vaegan.data.datasets import (
@@ -184,13 +183,12 @@ def read_source(directory: str | Path) -> dict[str, Any] | None:
     """The parsed SOURCE.json of a raw dataset directory, or None when absent or unreadable."""
     path = Path(directory) / SOURCE_FILE
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         log.info("%s cannot be read (%s)", path, exc)
         return None
-    return record if isinstance(record, dict) else None
 
 
 def describe_idx_gz(raw: bytes, role: str, name: str) -> dict[str, Any]:

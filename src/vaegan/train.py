@@ -79,7 +79,9 @@ def with_fitted_prior(config: Config, payload: dict[str, Any], images: np.ndarra
     model = model_from_checkpoint(payload)
     codes = encoder_means(model.encoder, images_to_device(images, torch.device("cpu"), channels_last=False))
     train = config.train
-    prior, log_likelihood = fit_prior(codes, train.prior, train.prior_components, train.seed)
+    prior, log_likelihood = fit_prior(
+        codes, train.prior, train.prior_components, train.seed, train.prior_covariance_floor
+    )
     log.info(
         "latent prior: %s, %d component(s), fitted to %d codes", prior.kind, prior.components, len(codes)
     )

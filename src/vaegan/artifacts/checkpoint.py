@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from vaegan.artifacts.atomic_io import write_bytes
-from vaegan.errors import CheckpointError
+from vaegan.errors import CheckpointError, first_line
 from vaegan.nn.latent_prior import LatentPrior
 from vaegan.nn.networks import VAEGAN, ModelArgs, build_model
 
@@ -59,7 +59,7 @@ def load_checkpoint(
     try:
         payload = torch.load(ckpt_path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {ckpt_path} cannot be read: {exc}".splitlines()[0]) from exc
+        raise CheckpointError(f"checkpoint {ckpt_path} cannot be read: {first_line(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {ckpt_path} is not a {FORMAT} file")
     if payload.get("kind") != kind:
@@ -81,7 +81,7 @@ def model_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -
             model.prior = LatentPrior(args.latent_dim, int(payload["prior"]["components"]))
             model.prior.load_state_dict(payload["prior"]["state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{source} does not match the model it describes: {first}") from exc
     return model.eval()
 

@@ -209,11 +209,14 @@ def encoder_means(encoder: nn.Module, x: torch.Tensor, batch_size: int = 1000) -
     return np.concatenate(parts)
 
 
-def fit_prior(codes: np.ndarray, kind: str, components: int, seed: int) -> tuple[LatentPrior, float | None]:
-    """(the prior of `kind` fitted to codes (N, Z), its mean log-likelihood per code or None)."""
+def fit_prior(
+    codes: np.ndarray, kind: str, components: int, seed: int, covariance_floor: float = 1e-4
+) -> tuple[LatentPrior, float | None]:
+    """(the prior of `kind` fitted to codes (N, Z), its mean log-likelihood per code or None);
+    `covariance_floor` is added to each component's covariance diagonal."""
     if kind not in PRIORS:
         raise ValueError(f"unknown prior {kind!r}; expected one of {PRIORS}")
     if kind == "standard":
         return LatentPrior(codes.shape[1]), None
-    fit = fit_mixture(codes, 1 if kind == "gaussian" else components, seed=seed)
+    fit = fit_mixture(codes, 1 if kind == "gaussian" else components, seed=seed, reg=covariance_floor)
     return LatentPrior.from_fit(fit), fit.log_likelihood

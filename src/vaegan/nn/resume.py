@@ -29,6 +29,7 @@ RESUME_IGNORED = frozenset(
     {
         "prior",  # fitted after training, from the final weights
         "prior_components",
+        "prior_covariance_floor",
         "epochs",  # a longer budget continues the same trajectory (the lr schedule is per epoch)
         "max_steps",
         "device",  # resuming on another device continues training, but not bit for bit

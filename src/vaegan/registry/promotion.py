@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from vaegan.config import Config, RegistryConfig
@@ -29,6 +28,7 @@ from vaegan.registry.client import (
 )
 from vaegan.registry.gate import Candidate, GateDecision, decide_promotion
 from vaegan.registry.lock import registry_lock
+from vaegan.tracking.store import log_metrics
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,9 @@ def _record(
         },
     )
     run_id = run.info.run_id
-    millis = int(now.timestamp() * 1000)
+    log_metrics(client, run_id, decision.metrics)
     client.log_batch(
         run_id,
-        metrics=[
-            Metric(key, float(value), millis, 0)
-            for key, value in decision.metrics.items()
-            if value is not None and math.isfinite(value)
-        ],
         params=[
             Param(f"registry.{key}", str(getattr(registry, key)))
             for key in ("min_improvement", "max_fid", "min_evaluator_accuracy")

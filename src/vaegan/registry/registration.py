@@ -6,7 +6,6 @@ at both under the registry lock. Re-running with an unchanged export adds nothin
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import tempfile
@@ -24,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from vaegan.artifacts.atomic_io import read_json_object
 from vaegan.artifacts.checkpoint import load_checkpoint
 from vaegan.artifacts.onnx_runtime import create_session
 from vaegan.artifacts.provenance import sha256_file
@@ -68,16 +68,12 @@ class Registration:
 
 
 def _read_json(path: str | Path, what: str) -> dict[str, Any]:
-    json_path = Path(path)
     try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
+        return read_json_object(path)
     except FileNotFoundError:
-        raise RegistryError(f"{what} {json_path} does not exist") from None
+        raise RegistryError(f"{what} {path} does not exist") from None
     except (OSError, ValueError) as exc:
-        raise RegistryError(f"{what} {json_path} cannot be read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RegistryError(f"{what} {json_path}: expected a JSON object")
-    return data
+        raise RegistryError(f"{what} {path} cannot be read: {exc}") from exc
 
 
 def verified_export_files(export_dir: str | Path, export_metrics: Mapping[str, Any]) -> dict[str, Path]:

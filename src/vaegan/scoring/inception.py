@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv
 
-from vaegan.errors import CheckpointError
+from vaegan.errors import CheckpointError, first_line
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -116,16 +116,14 @@ def load_fid_inception(
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(
-            f"Inception weights file {weights} cannot be read: {exc}".splitlines()[0]
-        ) from exc
+        raise CheckpointError(f"Inception weights file {weights} cannot be read: {first_line(exc)}") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"Inception weights file {weights} does not hold a state dict")
     model = FIDInception()
     try:
         model.load_weights(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise CheckpointError(
             f"Inception weights file {weights} does not fit the FID Inception-v3: {first}"
         ) from exc

@@ -25,7 +25,7 @@ from torch import nn
 from vaegan.artifacts.checkpoint import load_checkpoint
 from vaegan.artifacts.stored_args import StoredArgs
 from vaegan.data.splits import Split
-from vaegan.errors import CheckpointError
+from vaegan.errors import CheckpointError, first_line
 
 KIND = "evaluator"
 # MNIST pixel mean and std, applied inside the network so callers pass images in [0, 1].
@@ -129,7 +129,7 @@ def load_evaluator(path: str, map_location: str | torch.device = "cpu") -> LeNet
         model = LeNet(EvaluatorArgs.from_dict(payload["model_args"]))
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(
             f"evaluator checkpoint {path} does not match its architecture: {first}"
         ) from exc

@@ -13,13 +13,17 @@ relative to the working directory.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from vaegan.errors import RegistryError, first_line
@@ -116,3 +120,21 @@ def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str 
     if _scheme(tracking_uri(tracking)) in LOCAL_SCHEMES:
         artifact_location = Path(anchored(tracking.artifact_location)).resolve().as_uri()
     return str(client.create_experiment(experiment_name, artifact_location=artifact_location))
+
+
+METRICS_PER_BATCH = 100  # well inside MLflow's limit of metrics per log_batch request
+
+
+def log_metrics(
+    client: MlflowClient, run_id: str, values: Mapping[str, float | None], *, step: int = 0, prefix: str = ""
+) -> None:
+    """Log `<prefix><name>` for each finite value of `values` at `step`, in batches MLflow accepts
+    (None and non-finite values are left out: MLflow stores NaN, which breaks comparisons)."""
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{prefix}{key}", float(value), now, step)
+        for key, value in values.items()
+        if value is not None and math.isfinite(value)
+    ]
+    for start in range(0, len(metrics), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])

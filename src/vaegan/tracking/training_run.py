@@ -9,25 +9,23 @@ and per-epoch PNG grids under `grids/epoch_NNN/`.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from vaegan.artifacts.images import image_grid, write_png
-from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment
+from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment, log_metrics
 
 if TYPE_CHECKING:
     from vaegan.config import Config
 
 log = logging.getLogger(__name__)
 
-_BATCH = 100  # MLflow's limit of params or metrics per log_batch request
+_BATCH = 100  # MLflow's limit of params per log_batch request
 
 
 class TrainingRun:
@@ -69,14 +67,7 @@ class TrainingRun:
 
     def log_metrics(self, values: dict[str, float], step: int, prefix: str) -> None:
         """Log `prefix/<name>` for each finite value at `step`."""
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(f"{prefix}/{key}", float(value), now, step)
-            for key, value in values.items()
-            if value is not None and math.isfinite(value)
-        ]
-        for start in range(0, len(metrics), _BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[start : start + _BATCH])
+        log_metrics(self.client, self.run_id, values, step=step, prefix=f"{prefix}/")
 
     def log_grids(self, epoch: int, grids: dict[str, np.ndarray]) -> None:
         """Log each (N, 28, 28) image stack as `grids/epoch_NNN/<name>.png` (8 per row)."""
