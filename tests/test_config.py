@@ -65,6 +65,11 @@ def test_quick_profile_is_the_embedded_defaults() -> None:
         ("train.nope=1", "train.nope: unknown key"),
         ("nosection.x=1", "nosection: unknown section"),
         ("train=1", "expected section.key=value"),
+        ("train.lr=.inf", "train.lr: expected a finite number, got inf"),
+        ("data.download_timeout_s=-.inf", "data.download_timeout_s: expected a finite number, got -inf"),
+        ("train.beta=.nan", "train.beta: expected a finite number, got nan"),
+        ("train.lr=1e999", "train.lr: expected a finite number, got '1e999'"),
+        ("train.lr={a: 1, a: 2}", "duplicate key 'a' on line 1"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
@@ -86,6 +91,14 @@ def test_missing_or_bad_params_file(tmp_path: Path) -> None:
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")  # PyYAML alone keeps the last silently
+    with pytest.raises(ConfigError, match="twice.yaml is not valid YAML: duplicate key 'lr' on line 3"):
+        load_config(twice)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("data:\n  dataset: mnist  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml is not UTF-8 text"):
+        load_config(latin1)
 
 
 def test_parse_override_yaml_values() -> None:

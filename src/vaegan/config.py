@@ -8,6 +8,7 @@ or out-of-range value raises `ConfigError` naming the key, before any work is do
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -246,11 +247,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            number = float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str) and value:
             return value
@@ -315,6 +321,27 @@ def _check_cross_field(config: Config) -> None:
         )
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(f"duplicate key {key!r} on line {key_node.start_mark.line + 1}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `key.sub=value` into its key path and YAML-parsed value."""
     key, sep, value = text.partition("=")
@@ -322,7 +349,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or len(path) != 2 or not all(path):
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.lr=0.001")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = _load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
     return path, parsed
@@ -335,10 +362,12 @@ def read_params(path: str | Path) -> dict[str, Any]:
         text = params_path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"params file {params_path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"params file {params_path} is not UTF-8 text: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"params file {params_path} cannot be read: {exc}") from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"params file {params_path} is not valid YAML: {exc}") from exc
     if raw is not None and not isinstance(raw, dict):
