@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,28 @@ def test_identical_checkpoints_are_identical_bytes(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "a.pt", payload)
     save_checkpoint(tmp_path / "b.pt", payload)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_writers_staging_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    # What a SIGKILL between staging and rename leaves: a staging folder and a staging file.
+    dead = _dead_pid()
+    stale_dir = tmp_path / f".prepared.{dead}.abc123.tmp"
+    (stale_dir / "inner").mkdir(parents=True)
+    stale_file = tmp_path / f".vaegan.pt.{dead}.xyz789.tmp"
+    stale_file.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".prepared.{os.getpid()}.live00.tmp"  # a writer that is still running
+    live.mkdir()
+    with atomic_directory(tmp_path / "prepared") as staging:
+        (staging / "x.npy").write_bytes(b"new")
+    write_bytes(tmp_path / "vaegan.pt", b"whole")
+    assert not stale_dir.exists() and not stale_file.exists()
+    assert live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "prepared", "vaegan.pt"])
+    assert (tmp_path / "vaegan.pt").read_bytes() == b"whole"

@@ -19,12 +19,44 @@ def _umask() -> int:
     return mask
 
 
+def _staging_prefix(target: Path) -> str:
+    """`.<name>.<pid>.`: the staging file or folder says which process writes it."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove the staging files and folders of `target` left by a process that is gone (a SIGKILL
+    between staging and rename); those of live processes stay. Returns what was removed."""
+    removed = []
+    for staging in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = staging.name[len(target.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or _is_running(int(pid)):
+            continue
+        if staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
+        removed.append(staging)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_staging(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=_staging_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -74,7 +106,8 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".tmp", dir=target.parent))
     os.chmod(staging, 0o777 & ~_umask())
     old = target.parent / f".{target.name}.old"
     try:
