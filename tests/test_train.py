@@ -207,6 +207,22 @@ def test_changed_params_refuse_an_unfinished_checkpoint_and_supersede_a_finished
     assert fresh["config"]["train"]["lr"] == 0.001 and fresh["state"]["step"] == 8
 
 
+def test_a_corrupt_last_checkpoint_says_how_to_start_fresh_and_never_ignores_it(
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = write_params(tiny_config, tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"truncated by a full disk")
+    assert train(params) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {last} cannot be read" in err and "pass --set train.resume=never" in err
+    assert last.read_bytes() == b"truncated by a full disk"  # refused: nothing touched
+    assert train(params, "train.resume=never") == 0  # never does not read it: a fresh run
+    assert load_checkpoint(last)["state"]["completed"] is True
+    assert (tmp_path / "vaegan.pt").is_file()
+
+
 def test_the_latent_prior_is_fitted_after_training_and_refitted_without_retraining(
     tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str
 ) -> None:

@@ -31,7 +31,7 @@ from vaegan.artifacts.checkpoint import (
 from vaegan.artifacts.provenance import git_commit
 from vaegan.config import Config
 from vaegan.data.splits import data_sha256, load_split
-from vaegan.errors import TrainingError
+from vaegan.errors import CheckpointError, TrainingError
 from vaegan.nn import distributed
 from vaegan.nn.devices import select_device
 from vaegan.nn.distributed import Distributed
@@ -106,6 +106,20 @@ def write_outputs(config: Config, payload: dict[str, Any], images: np.ndarray) -
     write_text(config.train.history_path, history_csv(state["history"]))
 
 
+def _resumable_checkpoint(path: Path, policy: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` when `train.resume` may use it; `never` does not read it at all, so
+    that a corrupt file cannot block a fresh start (it is overwritten at the first checkpoint)."""
+    if policy == "never" or not path.exists():
+        return None
+    try:
+        return load_checkpoint(path, MODEL_KIND)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}. To train from scratch, move it away or pass --set train.resume=never "
+            "(the file is then replaced at the first checkpoint)"
+        ) from exc
+
+
 def run(config: Config, args: argparse.Namespace) -> int:
     """`vaegan train`: resume or start, train, write the model, metrics and history (rank 0)."""
     ctx = distributed.environment()
@@ -150,7 +164,7 @@ def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
     key = resume_key(config, sha, ctx.world_size)
     total = target_steps(len(images), config, ctx.world_size)
     checkpoint_path = Path(config.train.checkpoint_dir) / "last.pt"
-    existing = load_checkpoint(checkpoint_path, MODEL_KIND) if checkpoint_path.exists() else None
+    existing = _resumable_checkpoint(checkpoint_path, config.train.resume)
     decision = decide_resume(
         existing["state"] if existing else None, key, total, config.train.resume, str(checkpoint_path)
     )
