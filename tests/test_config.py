@@ -79,6 +79,18 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
         load_config(None, [override])
 
 
+def test_precision_recall_k_must_be_below_the_sample_count() -> None:
+    # Found 55 s into `vaegan evaluate` before; now before any stage runs.
+    with pytest.raises(
+        ConfigError, match=r"evaluate.precision_recall_k: 50 must be smaller than evaluate.num_samples \(50\)"
+    ):
+        load_config(None, ["evaluate.num_samples=50", "evaluate.precision_recall_k=50"])
+    assert (
+        load_config(None, ["evaluate.num_samples=50", "evaluate.precision_recall_k=49"]).evaluate.num_samples
+        == 50
+    )
+
+
 def test_inception_needs_weights() -> None:
     with pytest.raises(ConfigError, match="evaluate.inception_weights"):
         load_config(None, ["evaluate.feature_extractor=inception"])

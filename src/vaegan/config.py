@@ -315,6 +315,12 @@ def build_config(raw: Any) -> Config:
 
 
 def _check_cross_field(config: Config) -> None:
+    evaluate = config.evaluate
+    if evaluate.precision_recall_k >= evaluate.num_samples:
+        raise ConfigError(
+            f"evaluate.precision_recall_k: {evaluate.precision_recall_k} must be smaller than "
+            f"evaluate.num_samples ({evaluate.num_samples}): each sample needs k other samples as neighbours"
+        )
     if config.evaluate.feature_extractor == "inception" and not config.evaluate.inception_weights:
         raise ConfigError(
             "evaluate.inception_weights: required when evaluate.feature_extractor is 'inception'"
