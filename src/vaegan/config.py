@@ -47,6 +47,8 @@ class ModelConfig:
     preset: Literal["default", "seed"] = "default"
     # None keeps the preset's latent size.
     latent_dim: int | None = _range(None, ge=1, le=1024)
+    # Spectral normalisation of the discriminator's layers (and no BatchNorm in it).
+    spectral_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class TrainConfig:
     equilibrium: bool = False
     equilibrium_target: float = _range(0.68, gt=0)
     equilibrium_margin: float = _range(0.35, ge=0)
+    # Differentiable augmentation of every image the discriminator sees (vaegan.nn.augment).
+    augment: Literal["none", "translation", "translation_cutout"] = "none"
     epochs: int = _range(6, ge=1)
     # 0 means run all epochs; otherwise stop after this many optimizer steps.
     max_steps: int = _range(0, ge=0)
@@ -96,7 +100,8 @@ class TrainConfig:
     ema_decay: float = _range(0.0, ge=0, lt=1)
     seed: int = _range(0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # bf16 autocast where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs); auto = bf16 there.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     compile: bool = False
     channels_last: bool = False
     checkpoint_every: int = _range(200, ge=1)

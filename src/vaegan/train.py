@@ -35,7 +35,7 @@ from vaegan.errors import CheckpointError, TrainingError
 from vaegan.nn import distributed
 from vaegan.nn.devices import select_device
 from vaegan.nn.distributed import Distributed
-from vaegan.nn.latent_prior import encoder_means, fit_prior
+from vaegan.nn.latent_prior import fit_trained_prior
 from vaegan.nn.loop import HISTORY_COLUMNS, fit_vaegan, images_to_device, target_steps
 from vaegan.nn.resume import decide_resume, resume_key
 from vaegan.tracking.training_run import TrainingRun
@@ -77,14 +77,9 @@ def with_fitted_prior(config: Config, payload: dict[str, Any], images: np.ndarra
     the same prior for the same weights wherever it trained) and the fit's log-likelihood in its
     final metrics."""
     model = model_from_checkpoint(payload)
-    codes = encoder_means(model.encoder, images_to_device(images, torch.device("cpu"), channels_last=False))
-    train = config.train
-    prior, log_likelihood = fit_prior(
-        codes, train.prior, train.prior_components, train.seed, train.prior_covariance_floor
-    )
-    log.info(
-        "latent prior: %s, %d component(s), fitted to %d codes", prior.kind, prior.components, len(codes)
-    )
+    x = images_to_device(images, torch.device("cpu"), channels_last=False)
+    prior, log_likelihood, count = fit_trained_prior(model.encoder, x, config.train)
+    log.info("latent prior: %s, %d component(s), fitted to %d codes", prior.kind, prior.components, count)
     metrics = {**payload["state"]["final_metrics"], "prior": prior.kind}
     metrics["prior_log_likelihood"] = log_likelihood
     return {

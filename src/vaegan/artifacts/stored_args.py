@@ -16,9 +16,16 @@ class StoredArgs:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
-        """Rebuild from a checkpoint's dict; ValueError when its keys are not exactly the fields."""
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        if set(values) != names:
+        """Rebuild from a checkpoint's dict; ValueError when it has a key that is not a field or
+        lacks one without a default (a field added later keeps older checkpoints loadable)."""
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        names = {f.name for f in fields}
+        required = {
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        if not required <= set(values) <= names:
             raise ValueError(f"{cls.__name__} keys {sorted(values)} do not match {sorted(names)}")
         converted: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return cls(**converted)

@@ -1,6 +1,10 @@
 """The device and numeric precision of a training run, chosen once at the edge (nanoGPT's way).
 
 `train.device: auto` picks CUDA, then MPS, then CPU. `train.precision: bf16` autocasts the forward
+pass to bfloat16 on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX; oneDNN's
+bf16 convolutions there are ~1.8x fp32 on 2 cores, docs/performance.md); `auto` is bf16 where it is
+native and fp32 elsewhere (`resolve_precision`). Without native bf16 the CPU would emulate it,
+slower than fp32, so `bf16` on such a CPU runs fp32 with a warning.
 pass on CUDA; on CPU and MPS the same code runs under a null context in fp32.
 """
 
@@ -39,14 +43,32 @@ def select_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device(requested)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively: CUDA with compute capability 8.0 or newer, a CPU
+    with AVX512-BF16 or AMX tiles."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision a run uses on `device` for `train.precision` (fp32 | bf16 | auto)."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device):
+        log.warning("train.precision=bf16: %s has no native bf16; running fp32", device.type)
+        return "fp32"
+    return precision
+
+
 def autocast_factory(device: torch.device, precision: str) -> Callable[[], AbstractContextManager[object]]:
-    """A zero-argument callable returning the forward pass's context (autocast or a null context)."""
-    if precision == "fp32":
+    """A zero-argument callable returning the forward pass's context (bf16 autocast or a null
+    context) for `precision` as `resolve_precision` resolves it on `device`."""
+    if resolve_precision(device, precision) == "fp32":
         return contextlib.nullcontext
-    if precision == "bf16" and device.type == "cuda":
-        return functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
-    log.warning("train.precision=%s is only used on CUDA; running fp32 on %s", precision, device.type)
-    return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
 
 
 @contextlib.contextmanager

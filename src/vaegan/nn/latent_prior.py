@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from vaegan.config import TrainConfig
 
 PRIORS = ("standard", "gaussian", "mixture")
 
@@ -207,6 +211,18 @@ def encoder_means(encoder: nn.Module, x: torch.Tensor, batch_size: int = 1000) -
     ]
     encoder.train(was_training)
     return np.concatenate(parts)
+
+
+def fit_trained_prior(
+    encoder: nn.Module, x: torch.Tensor, train: TrainConfig
+) -> tuple[LatentPrior, float | None, int]:
+    """(the prior `train.prior` fitted to the encoder means of images x (N, 1, 28, 28), its mean
+    log-likelihood per code or None, N): what `vaegan train` stores with the model."""
+    codes = encoder_means(encoder, x)
+    prior, log_likelihood = fit_prior(
+        codes, train.prior, train.prior_components, train.seed, train.prior_covariance_floor
+    )
+    return prior, log_likelihood, len(codes)
 
 
 def fit_prior(

@@ -32,8 +32,9 @@ from tqdm import tqdm
 from vaegan.artifacts.checkpoint import model_payload
 from vaegan.config import Config
 from vaegan.errors import ConfigError, TrainingError
+from vaegan.nn import augment as aug
 from vaegan.nn import distributed
-from vaegan.nn.devices import autocast_factory, deterministic_algorithms
+from vaegan.nn.devices import autocast_factory, deterministic_algorithms, resolve_precision
 from vaegan.nn.distributed import Distributed
 from vaegan.nn.networks import VAEGAN, ModelArgs, build_model, model_args_for
 from vaegan.nn.resume import capture_rng, restore_rng
@@ -122,8 +123,10 @@ def fit_vaegan(
     run.start_clocks()
     with deterministic_algorithms(device.type == "cpu"):
         while run.step < plan.total_steps:
-            x, eps, z_prior = batches.batch(run.step)
-            metrics = train_step(modules, x, eps, z_prior, plan.settings, autocast, average=average)
+            x, eps, z_prior, d_augment = batches.batch(run.step)
+            metrics = train_step(
+                modules, x, eps, z_prior, plan.settings, autocast, average=average, augment=d_augment
+            )
             if nets.ema is not None:
                 nets.ema.update_parameters(nets.model.decoder)
             run.count_step(metrics, plan.images_per_step)
@@ -238,6 +241,7 @@ def final_metrics(plan: Plan, run: LoopState, device: torch.device, divergence: 
         images_per_s=run.images_per_s,
         wall_time_s=run.train_wall_s,
         device=device.type,
+        precision=resolve_precision(device, plan.config.train.precision),
         world_size=plan.world_size,
         ddp_max_weight_difference=divergence,
     )
@@ -358,7 +362,8 @@ class Networks:
     def build(cls, config: Config, device: torch.device, resume: dict[str, Any] | None) -> Networks:
         """Fresh networks for `config`, or those of the `resume` checkpoint, on `device`."""
         train = config.train
-        model = initial_model(model_args_for(config.model.preset, config.model.latent_dim), train.seed)
+        args = model_args_for(config.model.preset, config.model.latent_dim, config.model.spectral_norm)
+        model = initial_model(args, train.seed)
         optimizers = _optimizers(model, config)
         schedulers = {
             name: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=train.lr_decay)
@@ -552,8 +557,10 @@ class Batches:
         generators = torch.Generator(device=device), torch.Generator(device=device)
         return cls(x_all, plan, latent_dim, device, *generators)
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x (B, 1, 28, 28), eps (B, Z), z_prior (B, Z)) of this rank at `step`."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, aug.AugmentParams | None]:
+        """(x (B, 1, 28, 28), eps (B, Z), z_prior (B, Z), D's augmentation or None) of this rank
+        at `step`; the augmentation is drawn after the noise, so `train.augment: none` draws the
+        same noise as before it existed."""
         plan, device = self.plan, self.device
         seed, batch = plan.config.train.seed, plan.config.train.batch_size
         epoch, position = divmod(step, plan.per_epoch)
@@ -564,7 +571,13 @@ class Batches:
         x = self.images[self.perm[start : start + batch]]  # indexed on the device
         self.noise_gen.manual_seed(_seed_for(seed, step, plan.rank))
         noise = torch.randn(2, batch, self.latent_dim, generator=self.noise_gen, device=device)
-        return x, noise[0], noise[1]
+        policy = plan.config.train.augment
+        if policy == "none":
+            return x, noise[0], noise[1], None
+        size = x.shape[-1]
+        pairs = aug.draw(policy, batch, size, self.noise_gen, device)
+        prior = aug.draw(policy, batch, size, self.noise_gen, device)
+        return x, noise[0], noise[1], pairs.repeat_pairs(prior)
 
 
 @dataclass

@@ -35,6 +35,9 @@ class ModelArgs(StoredArgs):
     batch_norm: bool
     dis_channels: tuple[int, int, int]  # discriminator widths at 14x14, 7x7 and Dis_l (7x7)
     dis_hidden: int  # dense layer after Dis_l in the discriminator
+    # Spectral normalisation of every discriminator layer (Miyato et al. 2018), and then no
+    # BatchNorm in the discriminator: its batch mixes real, reconstructed and generated images.
+    dis_spectral_norm: bool = False
 
 
 PRESETS: dict[str, ModelArgs] = {
@@ -59,9 +62,9 @@ PRESETS: dict[str, ModelArgs] = {
 }
 
 
-def model_args_for(preset: str, latent_dim: int | None = None) -> ModelArgs:
-    """The preset's args, with `latent_dim` replaced when given."""
-    args = PRESETS[preset]
+def model_args_for(preset: str, latent_dim: int | None = None, dis_spectral_norm: bool = False) -> ModelArgs:
+    """The preset's args, with `latent_dim` replaced when given and the discriminator's norm."""
+    args = dataclasses.replace(PRESETS[preset], dis_spectral_norm=dis_spectral_norm)
     return dataclasses.replace(args, latent_dim=latent_dim) if latent_dim is not None else args
 
 
@@ -127,17 +130,18 @@ class Discriminator(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         c1, c2, c3 = args.dis_channels
+        batch_norm = args.batch_norm and not args.dis_spectral_norm
         self.trunk = nn.Sequential(
             nn.Conv2d(1, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
             nn.LeakyReLU(0.2),
             nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, 7, 7)
-            _norm(c2, args.batch_norm),
+            _norm(c2, batch_norm),
             nn.LeakyReLU(0.2),
         )
         # Dis_l: the layer whose activations define the learned similarity metric.
         self.features = nn.Conv2d(c2, c3, 3, stride=1, padding=1)  # (B, c3, 7, 7)
         self.head = nn.Sequential(
-            _norm(c3, args.batch_norm),
+            _norm(c3, batch_norm),
             nn.LeakyReLU(0.2),
             nn.Flatten(),
             nn.Linear(c3 * 7 * 7, args.dis_hidden),
@@ -167,12 +171,19 @@ class VAEGAN(nn.Module):
         return self.decoder.decode(self.prior(noise))
 
 
+def _weighted_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+
+
 def build_model(args: ModelArgs) -> VAEGAN:
-    """A freshly initialised model (DCGAN-style init: N(0, 0.02) conv/linear weights)."""
+    """A freshly initialised model (DCGAN-style init: N(0, 0.02) conv/linear weights), with the
+    discriminator's layers spectrally normalised when `args.dis_spectral_norm`."""
     model = VAEGAN(args)
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(module.weight, 0.0, 0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+    for layer in _weighted_layers(model):
+        nn.init.normal_(layer.weight, 0.0, 0.02)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    if args.dis_spectral_norm:
+        for layer in _weighted_layers(model.discriminator):
+            nn.utils.parametrizations.spectral_norm(layer)
     return model

@@ -12,6 +12,9 @@ step, so no parameter is modified while a graph still needs it:
     decoder        gamma * L_llike [+ L_pixel] + gan_weight * L_GAN(generator, non-saturating)
     discriminator  L_GAN(discriminator)       (BCE: real -> 1, G(z_p) [and x~] -> 0)
 
+With `train.augment` (vaegan.nn.augment) every image D sees is augmented inside the graph, real
+and fake alike, a real image and its reconstruction by the same transform.
+
 `backward(inputs=params)` accumulates gradients into those parameters only: the discriminator
 never sees L_llike or L_prior, the encoder never sees L_GAN. The `vae` objective has no
 discriminator: encoder and decoder learn beta * L_prior + L_pixel.
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from vaegan.config import TrainConfig
+from vaegan.nn import augment as aug
 from vaegan.nn.losses import (
     discriminator_bce,
     equilibrium_gates,
@@ -125,15 +129,20 @@ def vaegan_objectives(
     eps: torch.Tensor,
     z_prior: torch.Tensor,
     settings: LossSettings,
+    augment: aug.AugmentParams | None = None,
 ) -> Objectives:
-    """Forward pass and the three objectives. x (B, 1, 28, 28) in [0, 1]; eps, z_prior (B, Z)."""
+    """Forward pass and the three objectives. x (B, 1, 28, 28) in [0, 1]; eps, z_prior (B, Z);
+    `augment`: the transforms of D's 3B input images (real, reconstructed, generated), or None."""
     batch = x.shape[0]
     mu, logvar = encoder(x)  # (B, Z) each
     z = reparameterize(mu, logvar, eps)
     recon_logits = decoder(z)  # (B, 1, 28, 28); a separate call: own BatchNorm batch statistics
     logits = torch.cat([recon_logits, decoder(z_prior)])  # (2B, 1, 28, 28): x~, then G(z_p)
     fakes = torch.sigmoid(logits).to(x.dtype)  # x~ and G(z_p)
-    d_logits, d_features = discriminator(torch.cat([x, fakes]))  # (3B,), (3B, C, 7, 7)
+    d_input = torch.cat([x, fakes])  # (3B, 1, 28, 28)
+    if augment is not None:
+        d_input = aug.apply(d_input, augment)
+    d_logits, d_features = discriminator(d_input)  # (3B,), (3B, C, 7, 7)
     d_logits = d_logits.float()
     real_logits, recon_d_logits, prior_d_logits = (
         d_logits[:batch],
@@ -223,6 +232,7 @@ def train_step(
     settings: LossSettings,
     autocast: Callable[[], AbstractContextManager[object]],
     average: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    augment: aug.AugmentParams | None = None,
 ) -> torch.Tensor:
     """Forward, separate backward passes, then the optimizer steps. Returns the metric vector.
 
@@ -239,7 +249,7 @@ def train_step(
         else:
             assert modules.discriminator is not None
             objectives = vaegan_objectives(
-                modules.encoder, modules.decoder, modules.discriminator, x, eps, z_prior, settings
+                modules.encoder, modules.decoder, modules.discriminator, x, eps, z_prior, settings, augment
             )
     if settings.equilibrium and objectives.discriminator is not None:
         assert objectives.bce_real is not None and objectives.bce_fake is not None
