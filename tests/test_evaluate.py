@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from conftest import REPO_ROOT, TinyConfig
 from vaegan import evaluate, evaluator
 from vaegan.artifacts.checkpoint import model_payload, save_checkpoint
 from vaegan.data.splits import Split, load_split
-from vaegan.errors import CheckpointError
+from vaegan.errors import CheckpointError, RegistryError
 from vaegan.nn.latent_prior import LatentPrior, fit_mixture
 from vaegan.nn.networks import build_model, model_args_for
 from vaegan.scoring import core, lenet
@@ -254,6 +255,30 @@ def test_stage_without_run_id_creates_an_evaluate_run(
     # latent_dim 32: no 2-D manifold or scatter.
     assert not (Path(config.evaluate.report_dir) / "manifold.png").exists()
     assert "No baseline configured" in (Path(config.evaluate.report_dir) / "report.md").read_text()
+
+
+def test_unreachable_tracking_server_fails_before_scoring_and_keeps_outputs(
+    tmp_path: Path, tiny_config: TinyConfig, trained_evaluator: Path
+) -> None:
+    """The store is checked first: the old stage scored for minutes, replaced the metrics and the
+    report, and only then failed on MLflow."""
+    model_path = tmp_path / "vaegan.pt"
+    save_checkpoint(model_path, _vaegan_payload("seed"))
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tiny_config(
+        evaluator={"path": str(trained_evaluator)},
+        evaluate={"checkpoint": str(model_path)},
+        tracking={"uri": f"http://127.0.0.1:{port}"},
+    )  # fmt: skip
+    metrics = Path(config.evaluate.metrics_path)
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text('{"fid": 1.0}')
+    with pytest.raises(RegistryError, match="is not reachable"):
+        evaluate.run(config, None)  # type: ignore[arg-type]
+    assert metrics.read_text() == '{"fid": 1.0}'
+    assert not Path(config.evaluate.report_dir).exists()
 
 
 # --- the Inception option ---------------------------------------------------------------------

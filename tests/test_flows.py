@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,11 +201,18 @@ def test_second_run_with_nothing_changed_is_cached(first_run: tuple[Path, dict[s
     assert any("is already the champion" in reason for reason in digest["reasons"]), digest["reasons"]
 
 
-def test_check_champion_passes_and_logs_to_mlflow(in_repo: Path) -> None:
+def test_check_champion_passes_and_logs_to_mlflow(
+    in_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipelines.check_champion import check_champion as check_champion_flow
 
+    temp = tmp_path / "system-temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     result = check_champion_flow(seed=123, repo_dir=str(in_repo))
     assert result["passed"] is True
+    # each run used to leave the champion's two downloads behind in the system temp folder
+    assert [p.name for p in temp.iterdir() if p.name.startswith("vaegan-")] == []
     # a fresh seed on the same ONNX models: the FID moves a little, not beyond the allowed drift
     assert abs(float(result["fid_drift"])) < 0.25
     client = MlflowClient(tracking_uri=f"sqlite:///{in_repo / 'mlflow.db'}")

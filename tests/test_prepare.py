@@ -55,9 +55,23 @@ def test_split_indices_are_deterministic_disjoint_and_complete() -> None:
     # Pinned: the split is numpy's PCG64 permutation; a change here would silently change the data.
     expected = np.sort(np.random.default_rng(0).permutation(10000)[:1000])
     assert np.array_equal(val, expected)
-    assert split_indices(10, 0.0, seed=0)[1].size == 0
+    assert split_indices(10, 0.1, seed=0)[1].size == 1
     with pytest.raises(DataError, match="leaves none to train on"):
         split_indices(1, 0.6, seed=0)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.00001])
+def test_a_split_without_validation_images_is_refused(fraction: float) -> None:
+    """Training validates every epoch: no validation image used to crash at the first epoch's end
+    (ZeroDivisionError) after the data stages had run."""
+    with pytest.raises(DataError, match="data.val_fraction"):
+        split_indices(10000, fraction, seed=0)
+
+
+def test_val_fraction_zero_is_refused_before_any_stage_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["params", "--set", "data.val_fraction=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vaegan params: error: data.val_fraction: 0.0 is out of range (must be > 0.0)"]
 
 
 def test_prepare_writes_the_prepared_format_and_stats(

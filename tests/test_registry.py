@@ -200,10 +200,12 @@ def test_register_promote_and_load_back(config: Config, artifacts: Artifacts, ml
     images = decode(decoder.path, z)
     assert images.shape == (5, 1, 28, 28)
     np.testing.assert_array_equal(images, decode(artifacts.decoder, z))
-    by_version = load_verified_onnx(f"models:/{ENCODER}/1", config.tracking)
-    by_run = load_verified_onnx(f"runs:/{registration.run_id}/encoder", config.tracking)
+    by_version = load_verified_onnx(f"models:/{ENCODER}/1", config.tracking, dst_dir=download / "version")
+    by_run = load_verified_onnx(
+        f"runs:/{registration.run_id}/encoder", config.tracking, dst_dir=download / "run"
+    )
     assert by_version.sha256 == by_run.sha256 == client.get_model_version(ENCODER, "1").tags["onnx_sha256"]
-    pair = champion_pair(config=config)
+    pair = champion_pair(config=config, dst_dir=download / "pair")
     assert [(m.name, m.version) for m in pair] == [(DECODER, "1"), (ENCODER, "1")]
 
     again = promote_challenger(config=config)  # the challenger is already champion
@@ -285,17 +287,17 @@ def test_tampered_or_unverifiable_artifact_is_refused(
     assert "changed after registration" in str(refused.value)
     assert not (dst / "model.onnx").exists()  # the untrusted download is removed
     with pytest.raises(RegistryError, match="changed after registration"):
-        champion_pair(config=config)
+        champion_pair(config=config, dst_dir=dst)
 
     client.delete_model_version_tag(ENCODER, "1", "onnx_sha256")
     with pytest.raises(RegistryError, match="has no onnx_sha256 tag"):
-        load_verified_onnx(f"models:/{ENCODER}/1", config.tracking)
+        load_verified_onnx(f"models:/{ENCODER}/1", config.tracking, dst_dir=dst)
     with pytest.raises(RegistryError, match="has no version 7"):
-        load_verified_onnx(f"models:/{ENCODER}/7", config.tracking)
+        load_verified_onnx(f"models:/{ENCODER}/7", config.tracking, dst_dir=dst)
     with pytest.raises(RegistryError, match="has alias 'staging'"):
-        load_verified_onnx(f"models:/{ENCODER}@staging", config.tracking)
+        load_verified_onnx(f"models:/{ENCODER}@staging", config.tracking, dst_dir=dst)
     with pytest.raises(RegistryError, match="expected models:/<name>@<alias>"):
-        load_verified_onnx("s3://bucket/model.onnx", config.tracking)
+        load_verified_onnx("s3://bucket/model.onnx", config.tracking, dst_dir=dst)
 
 
 def test_missing_or_wrong_tracking_uri_is_a_clear_error(
@@ -308,7 +310,10 @@ def test_missing_or_wrong_tracking_uri_is_a_clear_error(
     # MLflow's client would retry a refused connection with backoff for minutes: the probe fails fast
     with pytest.raises(RegistryError, match=r"'http://127.0.0.1:\d+' is not reachable: .*refused"):
         load_verified_onnx(
-            f"models:/{DECODER}@{CHAMPION}", config.tracking, f"http://127.0.0.1:{free_port()}"
+            f"models:/{DECODER}@{CHAMPION}",
+            config.tracking,
+            f"http://127.0.0.1:{free_port()}",
+            dst_dir=tmp_path / "download",
         )
 
 
@@ -443,7 +448,8 @@ def test_against_a_real_mlflow_server(
 
     client = MlflowClient(url, url)
     assert alias_versions(client, CHAMPION) == ("1", "1")
-    decoder, encoder = champion_pair(config=config)
+    download = tmp_path / "download"
+    decoder, encoder = champion_pair(config=config, dst_dir=download)
     assert decoder.tags["pair_id"] == encoder.tags["pair_id"]
     z = np.zeros((3, 2), dtype=np.float32)
     np.testing.assert_array_equal(decode(decoder.path, z), decode(artifacts.decoder, z))
@@ -453,6 +459,6 @@ def test_against_a_real_mlflow_server(
     assert len(stored) == 1
     stored[0].write_bytes(stored[0].read_bytes()[:-1] + b"\0")
     with pytest.raises(RegistryError, match="changed after registration"):
-        load_verified_onnx(f"models:/{DECODER}@{CHAMPION}", config.tracking)
+        load_verified_onnx(f"models:/{DECODER}@{CHAMPION}", config.tracking, dst_dir=download / "again")
     worse = vaegan("promote", "--dry-run")
     assert worse.returncode == 0 and "FAIL new" in worse.stdout

@@ -16,6 +16,7 @@ import argparse
 import logging
 import math
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -108,12 +109,13 @@ def check_champion(*, config: Config, seed: int, device: str = "auto") -> Champi
     torch device), with `seed` for the prior samples; compare with the FID recorded at promotion.
     `device` (auto, cpu, cuda) is ONNX Runtime's."""
     started = time.perf_counter()
-    decoder, encoder = champion_pair(config=config)
-    decoder_label = f"{decoder.name} v{decoder.version}"
-    promoted_fid = _recorded_fid(decoder.tags, decoder_label)
-    scoring = load_scoring(config)
-    autoencoder = OnnxAutoencoder(encoder.path, decoder.path, device)
-    evaluation = scoring.score(autoencoder, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="vaegan-check-champion-") as download_dir:
+        decoder, encoder = champion_pair(config=config, dst_dir=download_dir)
+        decoder_label = f"{decoder.name} v{decoder.version}"
+        promoted_fid = _recorded_fid(decoder.tags, decoder_label)
+        scoring = load_scoring(config)
+        autoencoder = OnnxAutoencoder(encoder.path, decoder.path, device)
+        evaluation = scoring.score(autoencoder, seed=seed)
     prepared = config.data.prepared_dir
     report = ChampionReport(
         decoder=decoder_label,

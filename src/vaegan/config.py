@@ -38,7 +38,8 @@ class DataConfig:
     download_timeout_s: float = _range(30.0, gt=0)
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
-    val_fraction: float = _range(0.1, ge=0.0, lt=1.0)
+    # > 0: training validates on the held-out split at the end of every epoch.
+    val_fraction: float = _range(0.1, gt=0.0, lt=1.0)
     seed: int = _range(0, ge=0)
 
 

@@ -24,6 +24,8 @@ from vaegan.scoring.report import write_report
 from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment, log_metrics
 
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
     from vaegan.config import Config
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
     """`vaegan evaluate`: metrics JSON, report directory, MLflow metrics and artifacts."""
     cfg = config.evaluate
     started = time.perf_counter()
+    # The tracking store first: an unreachable server fails in seconds, before minutes of scoring
+    # and before the previous metrics and report are replaced.
+    client = connect(config.tracking)
     scoring = load_scoring(config)
     device = scoring.device
     model_path = checkpoint_path(config)
@@ -89,14 +94,15 @@ def run(config: Config, args: argparse.Namespace) -> int:
         evaluation.metrics["precision"], evaluation.metrics["recall"], evaluation.metrics["psnr"],
         evaluation.metrics["ssim"], seconds, cfg.metrics_path,
     )  # fmt: skip
-    log_to_mlflow(config, evaluation.metrics, state.get("mlflow_run_id"), seconds)
+    log_to_mlflow(client, config, evaluation.metrics, state.get("mlflow_run_id"), seconds)
     return 0
 
 
-def log_to_mlflow(config: Config, values: dict[str, Any], run_id: str | None, seconds: float) -> str:
+def log_to_mlflow(
+    client: MlflowClient, config: Config, values: dict[str, Any], run_id: str | None, seconds: float
+) -> str:
     """Log the metrics (as `eval/<key>`), the metrics JSON and the report to the training's MLflow run
     when it exists in this tracking store, else to a new run; return the run id."""
-    client = connect(config.tracking)
     own_run = False
     if run_id:
         try:

@@ -59,9 +59,14 @@ class PreparedData:
 
 def split_indices(num_records: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, val) record indices: a seeded permutation, the first round(N * f) go to val."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"data.val_fraction: {val_fraction!r} is out of range (must be >= 0 and < 1)")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction: {val_fraction!r} is out of range (must be > 0 and < 1)")
     num_val = round(num_records * val_fraction)
+    if num_val == 0:
+        raise DataError(
+            f"data.val_fraction: {val_fraction} of {num_records} training records is no validation "
+            "record (training validates on them every epoch): raise it"
+        )
     if num_val >= num_records:
         raise DataError(
             f"data.val_fraction: {val_fraction} of {num_records} training records leaves none to train on"

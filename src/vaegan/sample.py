@@ -39,9 +39,7 @@ def is_model_uri(model: str) -> bool:
     return model.startswith(MODEL_URI_SCHEMES)
 
 
-def resolve_decoder(
-    model: str, config: Config, tracking_uri: str | None, download_dir: str | Path | None = None
-) -> Path:
+def resolve_decoder(model: str, config: Config, tracking_uri: str | None, download_dir: str | Path) -> Path:
     """A local decoder .onnx file for `--model`: the path itself, or for a registry URI the
     downloaded artifact (into `download_dir`) after its sha256 was verified."""
     if is_model_uri(model):

@@ -171,7 +171,10 @@ class VAEGAN(nn.Module):
         return self.decoder.decode(self.prior(noise))
 
 
-def _weighted_layers(module: nn.Module) -> list[nn.Module]:
+WeightedLayer = nn.Conv2d | nn.ConvTranspose2d | nn.Linear
+
+
+def _weighted_layers(module: nn.Module) -> list[WeightedLayer]:
     return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
 
 

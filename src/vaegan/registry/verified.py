@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +82,12 @@ def resolve_model_version(client: MlflowClient, model_uri: str) -> ModelVersion:
 
 
 def _download_verified(
-    client: MlflowClient, version: ModelVersion, uri: str, store_uri: str, dst_dir: str | Path | None
+    client: MlflowClient, version: ModelVersion, uri: str, store_uri: str, dst_dir: str | Path
 ) -> VerifiedModel:
     name, number = version.name, str(version.version)
     expected = version.tags.get("onnx_sha256")
     location = client.get_model_version_download_uri(name, number)
-    own_dir = dst_dir is None
-    target = Path(tempfile.mkdtemp(prefix=f"vaegan-{name}-v{number}-")) if dst_dir is None else Path(dst_dir)
+    target = Path(dst_dir)
     target.mkdir(parents=True, exist_ok=True)
     path = Path(
         mlflow.artifacts.download_artifacts(
@@ -100,8 +97,6 @@ def _download_verified(
     actual = sha256_file(path)
     if expected != actual:
         path.unlink(missing_ok=True)
-        if own_dir:
-            shutil.rmtree(target, ignore_errors=True)
         if expected is None:
             raise RegistryError(
                 f"{uri} ({name} v{number}) has no onnx_sha256 tag, so its artifact (sha256 {actual}) "
@@ -127,10 +122,11 @@ def load_verified_onnx(
     model_uri: str,
     tracking: TrackingConfig,
     tracking_uri: str | None = None,
-    dst_dir: str | Path | None = None,
+    *,
+    dst_dir: str | Path,
 ) -> VerifiedModel:
-    """Download the registered ONNX model `model_uri` (into `dst_dir`, default a new temporary
-    directory) and return it only if its sha256 equals the version's `onnx_sha256` tag."""
+    """Download the registered ONNX model `model_uri` into `dst_dir` (the caller's, which it
+    removes) and return it only if its sha256 equals the version's `onnx_sha256` tag."""
     client, uri = connect_registry(tracking, tracking_uri)
     with mlflow_errors(f"load {model_uri}"):
         version = resolve_model_version(client, model_uri)
@@ -138,9 +134,10 @@ def load_verified_onnx(
 
 
 def champion_pair(
-    *, config: Config, tracking_uri: str | None = None, dst_dir: str | Path | None = None
+    *, config: Config, dst_dir: str | Path, tracking_uri: str | None = None
 ) -> tuple[VerifiedModel, VerifiedModel]:
-    """The champion (decoder, encoder), both verified, from one registration (same pair_id)."""
+    """The champion (decoder, encoder), both verified, from one registration (same pair_id),
+    downloaded under `dst_dir` (the caller's, which it removes)."""
     registry = config.registry
     client, uri = connect_registry(config.tracking, tracking_uri)
     with mlflow_errors("load the champion pair"):
@@ -161,7 +158,7 @@ def champion_pair(
             (registry.encoder_name, champion.encoder_version),
         ):
             version = client.get_model_version(name, number)
-            sub_dir = None if dst_dir is None else Path(dst_dir) / name
+            sub_dir = Path(dst_dir) / name
             loaded.append(_download_verified(client, version, f"models:/{name}/{number}", uri, sub_dir))
     return loaded[0], loaded[1]
 
