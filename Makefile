@@ -7,7 +7,7 @@ PROFILE ?= quick
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run check-champion test test-slow test-all lint format bench serve ui lock clean
+.PHONY: help setup run repro check-champion test test-slow test-all lint format bench serve ui lock clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: setup ## run the whole retraining pipeline (PROFILE=quick on CPU, PROFILE=full on a GPU)
 	$(BIN)/python -m pipelines.retrain --profile $(PROFILE)
+
+repro: setup ## `dvc repro` with the venv on PATH (the stages call `vaegan`): only the stages that changed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 check-champion: setup ## score the registry's champion on the current test data (fails on drift)
 	$(BIN)/python -m pipelines.check_champion

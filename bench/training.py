@@ -221,6 +221,7 @@ def measure(
 PROJECT_VARIANTS: dict[str, dict[str, Any]] = {
     "project": {},  # params.yaml's settings: fp32, eager
     "project_bf16": {"precision": "bf16"},
+    "project_bf16_cl": {"precision": "bf16", "channels_last": True},  # the CPU's fast mode
     "project_compiled": {"compile_model": True},
     "project_bf16_compiled": {"precision": "bf16", "compile_model": True},
     "project_bf16_compiled_cl": {"precision": "bf16", "compile_model": True, "channels_last": True},

@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from vaegan import check_champion as champion
 from vaegan.config import Config, load_config
 from vaegan.flows import dvc_stages
+from vaegan.flows.failures import run_command, worth_retrying
 
 
 @task(retries=2, retry_delay_seconds=15, task_run_name="dvc pull test data")
@@ -39,7 +40,9 @@ def ensure_test_data(config: Config, remote: str | None) -> list[str]:
     return missing
 
 
-@task(retries=2, retry_delay_seconds=15, task_run_name="score the champion")
+@task(
+    retries=2, retry_delay_seconds=15, retry_condition_fn=worth_retrying, task_run_name="score the champion"
+)
 def score_champion(config: Config, seed: int, device: str) -> champion.ChampionReport:
     report = champion.check_champion(config=config, seed=seed, device=device)
     champion.log_check(config, report)
@@ -85,12 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         "--remote", default=None, help="DVC remote to pull from (default: the default remote)"
     )
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
+        load_config(args.params)  # a bad params file is one line and exit 2, before Prefect starts
         check_champion(seed=args.seed, params_path=args.params, device=args.device, remote=args.remote)
-    except champion.ChampionDrift as exc:
-        print(f"check-champion: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    # Exit codes: 0 pass, 1 drift (ChampionDrift), 2 refusal: bad params, no champion, an artifact
+    # whose sha256 differs from the registered one (never retried).
+    return run_command("check-champion", body)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from vaegan.artifacts.atomic_io import read_json_object
 from vaegan.config import Config, load_config
+from vaegan.errors import ConfigError
 from vaegan.flows import dvc_stages
+from vaegan.flows.failures import parse_overrides, run_command, validate_params, worth_retrying
 from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
 from vaegan.registry.promotion import PromotionDecision, promote_challenger
 from vaegan.registry.registration import Registration, register_models
@@ -39,7 +41,7 @@ def profile_overrides(profile: str) -> dict[str, Any]:
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown profile {profile!r} (known: {', '.join(known)})")
+        raise ConfigError(f"--profile: unknown profile {profile!r} (known: {', '.join(known)}, none)")
     return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
 
 
@@ -60,20 +62,27 @@ def repro(stage: str) -> dvc_stages.StageOutcome:
     return outcome
 
 
-@task(retries=2, retry_delay_seconds=10, task_run_name="register in MLflow")
+@task(
+    retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying, task_run_name="register in MLflow"
+)
 def register(config: Config) -> Registration:
     registration = register_models(config=config)
     get_run_logger().info("registered %s", ", ".join(registration.model_uris.values()))
     return registration
 
 
-@task(retries=2, retry_delay_seconds=10, task_run_name="champion metrics")
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying, task_run_name="champion metrics")
 def champion_metrics(config: Config) -> dict[str, Any]:
     """The current champion's `metric.*` tags (before any promotion), {} when there is none."""
     return champion_metric_tags(config=config)
 
 
-@task(retries=2, retry_delay_seconds=10, task_run_name="promote if the gate passes")
+@task(
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=worth_retrying,
+    task_run_name="promote if the gate passes",
+)
 def promote(config: Config, registration: Registration) -> PromotionDecision:
     """The gate on exactly this run's registration (not whatever `challenger` points at now)."""
     versions = (registration.decoder_version, registration.encoder_version)
@@ -155,18 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-push", action="store_true", help="skip `dvc push`")
     parser.add_argument("--remote", default=None, help="DVC remote to push to (default: the default remote)")
     args = parser.parse_args(argv)
-    params = {}
-    for text in args.overrides:
-        key, _, value = text.partition("=")
-        params[key] = yaml.safe_load(value)
-    retrain(
-        params=params,
-        profile=None if args.profile == "none" else args.profile,
-        promote_model=not args.no_promote,
-        push_remote=not args.no_push,
-        remote=args.remote,
-    )
-    return 0
+    profile = None if args.profile == "none" else args.profile
+
+    def body() -> int:
+        params = parse_overrides(args.overrides)
+        # The whole resolved config, before Prefect starts: a bad key or value never runs a stage.
+        validate_params({**(profile_overrides(profile) if profile else {}), **params})
+        retrain(
+            params=params,
+            profile=profile,
+            promote_model=not args.no_promote,
+            push_remote=not args.no_push,
+            remote=args.remote,
+        )
+        return 0
+
+    return run_command("retrain", body)
 
 
 if __name__ == "__main__":

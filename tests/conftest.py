@@ -45,6 +45,21 @@ def small_prepared_dir(tmp_path_factory: pytest.TempPathFactory, sample_dir: Pat
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_evaluator(tmp_path_factory: pytest.TempPathFactory, small_prepared_dir: Path) -> Path:
+    """An evaluator trained for two epochs on the 1,000 training images (seconds)."""
+    from vaegan.artifacts.checkpoint import save_checkpoint
+    from vaegan.data.splits import load_split
+    from vaegan.evaluator import train_evaluator
+    from vaegan.scoring.lenet import evaluator_payload
+
+    path = tmp_path_factory.mktemp("evaluator") / "evaluator.pt"
+    train, test = load_split(small_prepared_dir, "train"), load_split(small_prepared_dir, "test")
+    model, metrics = train_evaluator(train=train, test=test, epochs=2, batch_size=64, lr=5e-3, seed=0)
+    save_checkpoint(path, evaluator_payload(model, {}, {"metrics": metrics}))
+    return path
+
+
 class TinyConfigAt(Protocol):
     """The type of the `tiny_config_at` fixture."""
 

@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
+import yaml
+
+from tests.conftest import TinyConfig
+from vaegan.nn.devices import native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,9 +76,12 @@ def test_quick_bench_training(quick_result: tuple[dict[str, Any], str]) -> None:
     assert training["epoch_images"] == 60_000
     assert [(c["preset"], c["batch"]) for c in training["configs"]] == [("seed", 64)]
     config = training["configs"][0]
-    compiled = {"project_bf16_compiled"} if result["device_type"] == "cuda" else set()
-    assert set(config["results"]) == {"project", "textbook", *compiled}
-    assert set(config["ratio"]) == {"project", *compiled}
+    if result["device_type"] == "cuda":
+        fast = {"project_bf16_compiled"}
+    else:  # bf16 + channels_last where the CPU has native bf16
+        fast = {"project_bf16_cl"} if native_bf16(torch.device("cpu")) else set()
+    assert set(config["results"]) == {"project", "textbook", *fast}
+    assert set(config["ratio"]) == {"project", *fast}
     textbook = config["results"]["textbook"]
     for impl, res in config["results"].items():
         check_figure(res["images_per_s"], n=2)
@@ -203,3 +212,47 @@ def test_targets_compare_each_figure_with_its_threshold(monkeypatch: pytest.Monk
         ("`vaegan --help` < 1 s", None, None),
         ("fully cached `retrain` flow < 30 s", None, None),
     ]
+
+
+@pytest.mark.slow
+def test_quality_screen_scores_every_variant_and_seed(
+    tmp_path: Path, tiny_config: TinyConfig, trained_evaluator: Path
+) -> None:
+    """`bench.quality`: each (variant, seed) job trains, fits the prior and scores like the stages;
+    the variant's overrides reach the training; one JSON line per job, the table, the samples."""
+    config = tiny_config(evaluator={"path": str(trained_evaluator)}, train={"prior_components": 3})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(config.to_dict()))
+    out = tmp_path / "quality"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.quality", "--params", str(params), "--out", str(out),
+         "--seeds", "0", "1", "--threads", "1", "--variant", "base",
+         "--variant", "cutout:train.augment=translation_cutout",
+         "--variant", "broken:train.batch_size=100000"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the broken variant failed
+    lines = [json.loads(line) for line in (out / "quality.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in lines] == [
+        ("base", 0),
+        ("base", 1),
+        ("cutout", 0),
+        ("cutout", 1),
+        ("broken", 0),
+        ("broken", 1),
+    ]
+    done = [r for r in lines if "error" not in r]
+    assert len(done) == 4 and all("batch_size" in r["error"] for r in lines[4:])
+    for record in done:
+        assert record["fid"] > record["fid_floor"] > 0
+        assert record["fid_ratio"] == pytest.approx(record["fid"] / record["fid_floor"])
+        assert 0 <= record["precision"] <= 1 and 0 <= record["recall"] <= 1
+        assert record["steps"] == 8  # 256 images, batch 32, one epoch
+    assert lines[0]["fid"] != lines[1]["fid"]  # the seed reaches the training
+    assert lines[0]["fid"] != lines[2]["fid"]  # and so does the variant
+    summary = json.loads((out / "quality.json").read_text())
+    assert "| base | 2 |" in summary["table"] and "| cutout | 2 |" in summary["table"]
+    assert "broken" not in summary["table"]
+    with np.load(out / "samples.npz") as samples:
+        assert sorted(samples.files) == ["base-s0", "base-s1", "cutout-s0", "cutout-s1"]
+        assert samples["base-s0"].shape == (100, 28, 28) and samples["base-s0"].dtype == np.uint8

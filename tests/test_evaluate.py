@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from torchvision.models import inception as tv
 
 from conftest import REPO_ROOT, TinyConfig
-from vaegan import evaluate, evaluator
+from vaegan import evaluate
 from vaegan.artifacts.checkpoint import model_payload, save_checkpoint
 from vaegan.data.splits import Split, load_split
 from vaegan.errors import CheckpointError, RegistryError
@@ -38,18 +38,6 @@ def _vaegan_payload(preset: str, state: dict | None = None, seed: int = 0) -> di
     torch.manual_seed(seed)
     model = build_model(args)
     return model_payload(model, {"train": {"objective": "vaegan"}}, state or {})
-
-
-@pytest.fixture(scope="module")
-def trained_evaluator(tmp_path_factory: pytest.TempPathFactory, small_prepared_dir: Path) -> Path:
-    """An evaluator trained for two epochs on the 1,000 training images (seconds)."""
-    path = tmp_path_factory.mktemp("evaluator") / "evaluator.pt"
-    train, test = load_split(small_prepared_dir, "train"), load_split(small_prepared_dir, "test")
-    model, metrics = evaluator.train_evaluator(
-        train=train, test=test, epochs=2, batch_size=64, lr=5e-3, seed=0
-    )
-    save_checkpoint(path, lenet.evaluator_payload(model, {}, {"metrics": metrics}))
-    return path
 
 
 def _core(

@@ -203,6 +203,64 @@ def test_silent_mirror_times_out_then_good_mirror(
     assert 0.5 <= elapsed < 5
 
 
+@contextlib.contextmanager
+def trickling_mirror() -> Iterator[str]:
+    """A mirror on 127.0.0.1 that answers 200 with a 1 MB Content-Length, then one byte per 0.1 s:
+    each read succeeds, so only a deadline on the whole transfer ends it."""
+    stop = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                while not stop.wait(0.1):
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        break
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/mnist/"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_trickling_mirror_hits_the_download_deadline_then_good_mirror(
+    tmp_path: Path, mirror_root: Path, sample_md5: dict[str, str]
+) -> None:
+    """`data.download_timeout_s` bounds the whole transfer: a mirror that sends a byte every 0.1 s
+    used to hang `vaegan fetch` forever (every single read finished within the timeout)."""
+    with trickling_mirror() as slow, serve(mirror_root) as url:
+        started = time.monotonic()
+        fetch_dataset(
+            dataset="mnist",
+            source="download",
+            raw_dir=tmp_path / "raw",
+            mirrors=[slow, url],
+            timeout_s=1.0,
+            expected_md5=sample_md5,
+        )
+        elapsed = time.monotonic() - started
+    record = read_source(tmp_path / "raw" / "mnist")
+    assert record["mirrors_used"] == [url]
+    reason = record["failed_urls"][slow + NAMES[0]]
+    assert "not finished within data.download_timeout_s=1 s" in reason
+    assert 1.0 <= elapsed < 10
+
+
 def test_mirror_must_be_a_url(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError, match=r"data.mirrors\[1\]: '/srv/mnist' is not an http\(s\), ftp or file URL"

@@ -35,7 +35,7 @@ class DataConfig:
     source: str = "auto"
     # Mirror base URLs tried in order; empty means torchvision's list for the dataset.
     mirrors: tuple[str, ...] = ()
-    download_timeout_s: float = _range(30.0, gt=0)
+    download_timeout_s: float = _range(120.0, gt=0)
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
     # > 0: training validates on the held-out split at the end of every epoch.

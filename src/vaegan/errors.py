@@ -31,6 +31,10 @@ class RegistryError(VaeganError):
     """The MLflow tracking server or model registry refused or failed a request."""
 
 
+class ServiceUnavailable(RegistryError):
+    """A service (the MLflow tracking server) did not answer: the one failure worth retrying."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of `exc`'s message (its type name when the message is empty), for one-line
     errors that wrap a library's multi-line one."""

@@ -23,6 +23,7 @@ import http.client
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -87,7 +88,7 @@ def fetch_dataset(
     source: str,
     raw_dir: str | Path,
     mirrors: Sequence[str] = (),
-    timeout_s: float = 30.0,
+    timeout_s: float = 120.0,
     expected_md5: Mapping[str, str] | None = None,
     progress: bool = False,
 ) -> FetchResult:
@@ -305,7 +306,9 @@ def _download_one(
 
 
 def _http_get(url: str, timeout_s: float, progress: bool) -> bytes:
-    """The body of `url` (urllib, `timeout_s` per blocking operation), with a progress bar if asked."""
+    """The body of `url` within `timeout_s` for the whole transfer (a deadline, not a per-read
+    timeout: a mirror that trickles a byte at a time fails too), with a progress bar if asked."""
+    deadline = time.monotonic() + timeout_s
     request = urllib.request.Request(url, headers={"User-Agent": "vaegan-fetch/1 (python urllib)"})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         length = response.headers.get("Content-Length")
@@ -314,7 +317,20 @@ def _http_get(url: str, timeout_s: float, progress: bool) -> bytes:
         with tqdm(
             total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress
         ) as bar:
-            while chunk := response.read(_CHUNK):
+            while True:
+                try:
+                    # The socket's timeout is what is left of the deadline, so a trickle of bytes
+                    # cannot stretch the transfer past it.
+                    _set_read_timeout(response, deadline - time.monotonic())
+                    chunk = response.read1(_CHUNK)
+                except TimeoutError as exc:
+                    received = sum(len(c) for c in chunks)
+                    raise TimeoutError(
+                        f"download not finished within data.download_timeout_s={timeout_s:g} s "
+                        f"({received} bytes received)"
+                    ) from exc
+                if not chunk:
+                    break
                 chunks.append(chunk)
                 bar.update(len(chunk))
     data = b"".join(chunks)
@@ -322,6 +338,15 @@ def _http_get(url: str, timeout_s: float, progress: bool) -> bytes:
         raise ConnectionError(f"transfer cut after {len(data)} of {total} bytes")
     log.info("downloaded %s (%.1f MB)", url, len(data) / 1e6)
     return data
+
+
+def _set_read_timeout(response: Any, seconds: float) -> None:
+    """Bound the next blocking read of an urllib response by `seconds` (its socket's timeout)."""
+    if seconds <= 0:
+        raise TimeoutError("deadline reached")
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
 
 
 def _copy_sample(staging: Path, spec: DatasetSpec, fallback_reason: str | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from vaegan.errors import RegistryError, first_line
+from vaegan.errors import RegistryError, ServiceUnavailable, first_line
 
 if TYPE_CHECKING:
     from vaegan.config import TrackingConfig
@@ -90,7 +90,7 @@ def _probe_server(uri: str, timeout_s: float = 10.0) -> None:
         pass  # it answered: a proxy path or an auth wall, not a dead server
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise RegistryError(f"MLflow tracking URI {uri!r} is not reachable: {reason}") from exc
+        raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {reason}") from exc
 
 
 def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
@@ -106,7 +106,7 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:  # mlflow raises MlflowException, requests/sqlalchemy errors, ...
-        raise RegistryError(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
+        raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
     return client
 
 

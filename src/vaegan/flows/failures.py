@@ -1,0 +1,57 @@
+"""How the flows fail: which task failures Prefect retries, and the one line a flow's command prints.
+
+A refusal (bad params, a tampered artifact, no champion: any `VaeganError` but `ServiceUnavailable`)
+gives the same answer every time, so it is not retried; an unreachable server or an unexpected
+error is. The flows' `main`s validate their arguments with the CLI's own code before any task runs
+and end a `VaeganError` with `<command>: error: <first line>` and its exit code (2 for bad input and
+refusals, 1 for drift and failed training), not with Prefect's traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from vaegan.config import load_config, parse_override
+from vaegan.errors import ServiceUnavailable, VaeganError, first_line
+
+
+def worth_retrying(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry a failed task unless it failed with a refusal."""
+    try:
+        state.result()
+    except ServiceUnavailable:
+        return True
+    except VaeganError:
+        return False
+    except Exception:  # anything unexpected may be transient (a network hiccup in a client library)
+        return True
+    return True
+
+
+def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
+    """`--set section.key=value` texts -> {"section.key": value}, parsed as `vaegan --set` parses them."""
+    overrides: dict[str, Any] = {}
+    for text in texts:
+        path, value = parse_override(text)
+        overrides[".".join(path)] = value
+    return overrides
+
+
+def validate_params(overrides: Mapping[str, Any], params_path: str = "params.yaml") -> None:
+    """ConfigError when params.yaml with `overrides` applied is not a valid config (every field and
+    the cross-field checks), before any stage runs."""
+    load_config(params_path, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
+
+
+def run_command(prog: str, body: Callable[[], int]) -> int:
+    """Run a flow command's `body`; a `VaeganError` becomes its message on stderr (one line, or the
+    failed stage's error lines) and its exit code."""
+    try:
+        return body()
+    except VaeganError as exc:
+        message = str(exc).strip() or first_line(exc)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return exc.exit_code

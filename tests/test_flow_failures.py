@@ -1,0 +1,78 @@
+"""The flows' commands fail like `vaegan` does: bad arguments are one line and exit 2 before Prefect
+starts (params.yaml untouched), and a refusal is not retried (issue 13 item 9)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from prefect.states import Completed, Failed
+
+from pipelines import check_champion, retrain
+from vaegan.errors import CheckpointError, RegistryError, ServiceUnavailable
+from vaegan.flows.failures import parse_overrides, worth_retrying
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "bogus.key=1"], "retrain: error: bogus: unknown section (known: data,"),
+        (["--set", "train.bogus=1"], "retrain: error: train.bogus: unknown key"),
+        (["--set", "train.epochs"], "retrain: error: --set 'train.epochs': expected section.key=value"),
+        (["--set", "train.epochs=-1"], "retrain: error: train.epochs: -1 is out of range"),
+        (["--set", "evaluate.precision_recall_k=20000"], "retrain: error: evaluate.precision_recall_k"),
+        (
+            ["--profile", "nope"],
+            "retrain: error: --profile: unknown profile 'nope' (known: full, quick, none)",
+        ),
+    ],
+)
+def test_retrain_refuses_bad_arguments_in_one_line_before_any_stage(
+    workspace: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    before = (workspace / "params.yaml").read_bytes()
+    assert retrain.main([*args, "--no-push"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert (workspace / "params.yaml").read_bytes() == before
+    assert sorted(p.name for p in workspace.iterdir()) == ["params.yaml"]  # no stage, no store
+
+
+def test_check_champion_refuses_a_bad_params_file_in_one_line(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workspace / "bad.yaml").write_text("train:\n  epochs: 1\n  epochs: 2\n")
+    assert check_champion.main(["--params", "bad.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("check-champion: error: params file bad.yaml"), err
+
+
+def test_overrides_parse_like_the_cli() -> None:
+    assert parse_overrides(["train.lr=0.001", "data.mirrors=[]", "model.latent_dim=null"]) == {
+        "train.lr": 0.001,
+        "data.mirrors": [],
+        "model.latent_dim": None,
+    }
+
+
+def test_refusals_are_not_retried_but_unreachable_servers_and_surprises_are() -> None:
+    def retried(exc: Exception) -> bool:
+        return worth_retrying(None, None, Failed(data=exc))
+
+    assert not retried(RegistryError("the stored model.onnx has sha256 a, registered with b"))
+    assert not retried(CheckpointError("no usable metric.fid tag"))
+    assert retried(ServiceUnavailable("MLflow tracking URI 'http://x' is not reachable"))
+    assert retried(ConnectionResetError("reset by peer"))
+    assert worth_retrying(None, None, Completed())
+    for task in (check_champion.score_champion, retrain.register, retrain.promote, retrain.champion_metrics):
+        assert task.retries == 2 and task.retry_condition_fn is worth_retrying, task.name
