@@ -7,7 +7,9 @@
 Stages run through `dvc repro <stage>` in dependency order, so an unchanged stage is skipped by
 DVC and dvc.lock records what ran. Params overrides are written into params.yaml first (as
 `dvc exp run -S` does in the workspace), so params.yaml and dvc.lock agree; commit both.
-Only the tasks that do I/O against a service (registry calls, `dvc push`) retry.
+Only the tasks that do I/O against a service (registry calls, `dvc push`) retry, and never on a
+refusal. A run that fails puts the workspace back as it found it (params.yaml, dvc.lock and every
+output: `vaegan.flows.workspace`) and says so.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from vaegan.artifacts.atomic_io import read_json_object
 from vaegan.config import Config, load_config
-from vaegan.errors import ConfigError
+from vaegan.errors import ConfigError, VaeganError
 from vaegan.flows import dvc_stages
 from vaegan.flows.failures import parse_overrides, run_command, validate_params, worth_retrying
 from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
+from vaegan.flows.workspace import WorkspaceSnapshot
 from vaegan.registry.promotion import PromotionDecision, promote_challenger
 from vaegan.registry.registration import Registration, register_models
 from vaegan.registry.verified import champion_metric_tags
@@ -100,6 +103,18 @@ def push(remote: str | None) -> str:
     return remote or "default"
 
 
+RESTORED = "the workspace is as before this run: params.yaml, dvc.lock and every output restored"
+
+
+@task(task_run_name="restore the workspace")
+def restore_workspace(snapshot: WorkspaceSnapshot) -> list[str]:
+    """Put params.yaml, dvc.lock and the outputs back as they were before the run."""
+    logger = get_run_logger()
+    changed = snapshot.restore(on_line=logger.info)
+    logger.warning("run failed: %s (changed files put back: %s)", RESTORED, ", ".join(changed) or "none")
+    return changed
+
+
 def _read_json(path: str | None) -> dict[str, Any] | None:
     if not path or not Path(path).is_file():
         return None
@@ -119,13 +134,20 @@ def retrain(
     and push the new artifacts to the DVC remote. Returns a digest of the run."""
     os.chdir(repo_dir)
     overrides = {**(profile_overrides(profile) if profile else {}), **(params or {})}
-    changed = apply_params(overrides)
-    outcomes = [repro(stage) for stage in dvc_stages.PIPELINE_STAGES]
-    config = load_config("params.yaml")
-    registration = register(config)
-    previous = champion_metrics(config)
-    decision = promote(config, registration) if promote_model else None
-    pushed_to = push(remote) if push_remote else None
+    snapshot = WorkspaceSnapshot.take(".")
+    try:
+        changed = apply_params(overrides)
+        outcomes = [repro(stage) for stage in dvc_stages.PIPELINE_STAGES]
+        config = load_config("params.yaml")
+        registration = register(config)
+        previous = champion_metrics(config)
+        decision = promote(config, registration) if promote_model else None
+        pushed_to = push(remote) if push_remote else None
+    except BaseException as exc:
+        restore_workspace(snapshot)
+        if isinstance(exc, VaeganError):
+            raise type(exc)(f"{exc}\n{RESTORED}") from exc
+        raise
     summary = RetrainSummary(
         params_changed=changed,
         stages=outcomes,

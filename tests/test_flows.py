@@ -348,3 +348,29 @@ def test_failing_stage_fails_the_flow_with_its_own_message(harness: None, tmp_pa
     assert "DVC stage 'fetch' failed" in message
     assert str(missing) in message
     assert not (repo / "data" / "prepared").exists()
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".dvc" not in p.parts and ".git" not in p.parts and "__pycache__" not in p.parts
+        and p.name != "mlflow.db" and "mlartifacts" not in p.parts and "checkpoints" not in p.parts
+    }  # fmt: skip
+
+
+def test_failed_run_leaves_the_workspace_as_before(in_repo: Path) -> None:
+    """A stage that fails used to leave its outputs deleted (DVC removes them before running it)
+    and params.yaml holding the failed override: now params.yaml, dvc.lock and every output are put
+    back, and the error says so. (Last in this module: it reruns stages in the shared repo.)"""
+    from pipelines.retrain import RESTORED, retrain
+
+    before = _tree_digest(in_repo)
+    assert "data/prepared/train-images.npy" in before and "metrics/eval.json" in before
+    with pytest.raises(StageFailed) as failure:
+        # every training record to validation: `prepare` fails after DVC removed data/prepared
+        retrain(params={**TINY_PARAMS, "data.val_fraction": 0.99999}, profile=None, repo_dir=str(in_repo))
+    message = str(failure.value)
+    assert "DVC stage 'prepare' failed" in message and "leaves none to train on" in message
+    assert message.endswith(RESTORED)
+    assert _tree_digest(in_repo) == before

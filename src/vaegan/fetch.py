@@ -313,7 +313,7 @@ def _http_get(url: str, timeout_s: float, progress: bool) -> bytes:
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
-        chunks = []
+        chunks: list[bytes] = []
         with tqdm(
             total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress
         ) as bar:

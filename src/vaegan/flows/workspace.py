@@ -1,0 +1,76 @@
+"""Putting a DVC workspace back as it was before a failed flow run.
+
+`dvc repro` removes a stage's outputs before running it, so a stage that fails leaves them gone,
+and the flow has already written its overrides into params.yaml. `WorkspaceSnapshot.take` keeps
+what DVC's cache cannot give back: the bytes of params.yaml and dvc.lock, and of every output
+declared `cache: false` (the metrics and history files; `persist` outputs such as the resume
+checkpoints are never removed by DVC and are left alone). `restore` writes those back and runs
+`dvc checkout`, which brings every cached output back to the version the restored dvc.lock names
+(the new versions a partly successful run produced stay in the cache and in DVC's run cache, so
+re-running the same params restores them instead of recomputing).
+
+By hand, after a failed `dvc repro`: `git checkout -- params.yaml dvc.lock metrics && dvc checkout`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dvc.repo import Repo
+
+from vaegan.artifacts.atomic_io import write_bytes
+from vaegan.flows.dvc_stages import StageFailed, run_dvc
+
+KEPT_FILES = ("params.yaml", "dvc.lock")
+
+
+@dataclass(frozen=True)
+class WorkspaceSnapshot:
+    """The bytes of params.yaml, dvc.lock and the uncached outputs (None: the file did not exist)."""
+
+    repo_dir: Path
+    files: dict[str, bytes | None]
+
+    @classmethod
+    def take(cls, repo_dir: str | os.PathLike[str] = ".") -> WorkspaceSnapshot:
+        root = Path(repo_dir).resolve()
+        with Repo(str(root)) as repo:
+            uncached = [
+                Path(out.fs_path).relative_to(root).as_posix()
+                for out in repo.index.outs
+                if not out.use_cache and not out.persist
+            ]
+        files: dict[str, bytes | None] = {}
+        for name in (*KEPT_FILES, *uncached):
+            path = root / name
+            if path.is_dir():
+                continue  # an uncached directory output: none in this pipeline
+            files[name] = _read(path)
+        return cls(root, files)
+
+    def changed(self) -> list[str]:
+        """The kept files whose bytes differ now from the snapshot's."""
+        return [name for name, data in self.files.items() if _read(self.repo_dir / name) != data]
+
+    def restore(self, on_line: Callable[[str], None] | None = None) -> list[str]:
+        """Write the kept files back (deleting those that did not exist), then `dvc checkout`; the
+        names of the files that had changed. StageFailed when the checkout fails."""
+        changed = self.changed()
+        for name in changed:
+            data, path = self.files[name], self.repo_dir / name
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_bytes(path, data)
+        if (self.repo_dir / "dvc.lock").is_file():
+            code, output = run_dvc(["checkout", "--force"], self.repo_dir, on_line)
+            if code != 0:
+                raise StageFailed(f"dvc checkout failed restoring the workspace (exit {code}):\n{output}")
+        return changed
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
