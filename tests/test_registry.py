@@ -81,6 +81,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
                 "git_commit": "c0ffee",
                 "mlflow_run_id": "training-run-1",
                 "objective": "vaegan",
+                "environment": {"torch": "2.14.1", "cpu": "AMD EPYC", "precision": "bf16"},
             },
         ),
     )
@@ -158,6 +159,7 @@ def test_register_promote_and_load_back(config: Config, artifacts: Artifacts, ml
         assert tags["git_commit"] == "c0ffee"
         assert tags["training_run_id"] == registration.training_run_id == "training-run-1"
         assert tags["dvc_train_md5"] == TRAIN_MD5
+        assert (tags["env.torch"], tags["env.cpu"], tags["env.precision"]) == ("2.14.1", "AMD EPYC", "bf16")
         assert tags["checkpoint_sha256"] == checkpoint_sha
         assert tags["evaluator_sha256"] == "e" * 64
         assert tags["parity_passed"] == "true"

@@ -91,6 +91,12 @@ def test_train_writes_outputs_and_logs_the_run_to_mlflow(
     assert (
         run.data.tags["data_sha256"] == last["state"]["data_sha256"] and len(run.data.tags["git_commit"]) > 6
     )
+    # what the bits depend on besides params, data and code: in the checkpoint and on the run
+    environment = last["state"]["environment"]
+    assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
+    assert environment["precision"] == "fp32" and environment["deterministic"] == "true"
+    assert environment["cpu"] and int(environment["torch_threads"]) >= 1
+    assert {key: run.data.tags[f"env.{key}"] for key in environment} == environment
     for name in (*VAEGAN_METRICS, "images_per_s"):
         assert f"step/{name}" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "step/loss_gan")] == [2, 4, 6, 8]

@@ -33,7 +33,7 @@ from vaegan.config import Config
 from vaegan.data.splits import data_sha256, load_split
 from vaegan.errors import CheckpointError, TrainingError
 from vaegan.nn import distributed
-from vaegan.nn.devices import select_device
+from vaegan.nn.devices import select_device, training_environment
 from vaegan.nn.distributed import Distributed
 from vaegan.nn.latent_prior import fit_trained_prior
 from vaegan.nn.loop import HISTORY_COLUMNS, fit_vaegan, images_to_device, target_steps
@@ -136,6 +136,7 @@ def _open_tracking(
     """The MLflow run of this training (the resumed checkpoint's run, when it has one); its id goes
     into `provenance`, and with it into every checkpoint."""
     tags = {
+        **{f"env.{key}": value for key, value in provenance["environment"].items()},
         "git_commit": str(provenance["git_commit"]),
         "data_sha256": provenance["data_sha256"],
         "objective": config.train.objective,
@@ -177,6 +178,7 @@ def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
         "git_commit": git_commit(),
         "resume_key": key,
         "mlflow_run_id": None,
+        "environment": training_environment(device, config.train.precision),
     }
     tracker = _open_tracking(config, ctx, device, provenance, resume) if ctx.is_main else None
     log.info(

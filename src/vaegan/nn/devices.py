@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import platform
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.utils.deterministic
 
@@ -61,6 +64,48 @@ def resolve_precision(device: torch.device, precision: str) -> str:
         log.warning("train.precision=bf16: %s has no native bf16; running fp32", device.type)
         return "fp32"
     return precision
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else `platform.processor()`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def training_environment(device: torch.device, precision: str) -> dict[str, str]:
+    """What a trained model's bits depend on besides params, data and code: library versions, the
+    CPU and the instruction sets that select its kernels, threads, device and precision. Stored in
+    every checkpoint and on the MLflow run and registered versions as `env.*` tags."""
+    env = {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),  # a TorchVersion would not load with weights_only=True
+        "numpy": str(np.__version__),
+        "cpu": cpu_model(),
+        "cpu_isa": ",".join(
+            name
+            for name, supported in (
+                ("avx2", torch.cpu._is_avx2_supported()),
+                ("avx512", torch.cpu._is_avx512_supported()),
+                ("avx512_bf16", torch.cpu._is_avx512_bf16_supported()),
+                ("amx", torch.cpu._is_amx_tile_supported()),
+            )
+            if supported
+        )
+        or "baseline",
+        "torch_threads": str(torch.get_num_threads()),
+        "device": device.type,
+        "precision": resolve_precision(device, precision),
+        "deterministic": "true" if device.type == "cpu" else "false",
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = str(torch.version.cuda)
+    return env
 
 
 def autocast_factory(device: torch.device, precision: str) -> Callable[[], AbstractContextManager[object]]:

@@ -127,7 +127,9 @@ def training_provenance(
             f"({checkpoint_sha}): re-run `vaegan evaluate`"
         )
     state = load_checkpoint(model_path, "vaegan").get("state") or {}
+    environment = state.get("environment") or {}  # checkpoints from before it was recorded have none
     return {
+        **{f"env.{key}": str(value) for key, value in environment.items()},
         "checkpoint_sha256": checkpoint_sha,
         "training_run_id": str(state.get("mlflow_run_id") or "none"),
         "data_sha256": str(state.get("data_sha256") or eval_provenance.get("data_sha256") or "unknown"),
