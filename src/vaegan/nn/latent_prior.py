@@ -44,15 +44,40 @@ class MixtureFit:
         return len(self.weights)
 
 
+_CHUNK_BYTES = 64 << 20  # bound on the (components, N, Z) float64 temporaries of one EM pass
+
+
+def _component_chunks(n: int, dim: int, components: int) -> list[slice]:
+    """Slices of components whose (k, n, dim) float64 temporaries fit in _CHUNK_BYTES."""
+    step = max(1, _CHUNK_BYTES // max(1, n * dim * 8))
+    return [slice(start, min(start + step, components)) for start in range(0, components, step)]
+
+
 def _log_gaussians(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
-    """log N(x_i | mean_k, L_k L_k^T) for every code and component: (N, K)."""
+    """log N(x_i | mean_k, L_k L_k^T) for every code and component: (N, K), components in batches."""
     n, dim = x.shape
     out = np.empty((n, len(means)))
-    for k, (mean, factor) in enumerate(zip(means, chol, strict=True)):
-        solved = np.linalg.solve(factor, (x - mean).T)  # (Z, N) = L^-1 (x - mean)
-        log_det = 2.0 * np.log(np.diag(factor)).sum()
-        out[:, k] = -0.5 * ((solved**2).sum(0) + log_det + dim * math.log(2 * math.pi))
+    inverse_t = np.linalg.inv(chol).transpose(0, 2, 1)  # (K, Z, Z): L_k^-T
+    log_det = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(1)  # (K,)
+    for part in _component_chunks(n, dim, len(means)):
+        # L^-1 (x - mean) for each component of the batch, as rows: (k, N, Z)
+        solved = np.matmul(x[None], inverse_t[part]) - np.matmul(means[part, None], inverse_t[part])
+        mahalanobis = np.einsum("knz,knz->kn", solved, solved)
+        out[:, part] = -0.5 * (mahalanobis + log_det[part, None] + dim * math.log(2 * math.pi)).T
     return out
+
+
+def _covariances(
+    x: np.ndarray, resp: np.ndarray, means: np.ndarray, counts: np.ndarray, reg: float
+) -> np.ndarray:
+    """The responsibility-weighted covariance of every component plus `reg` on the diagonal: (K, Z, Z)."""
+    n, dim = x.shape
+    cov = np.empty((len(means), dim, dim))
+    for part in _component_chunks(n, dim, len(means)):
+        centred = x[None] - means[part, None]  # (k, N, Z)
+        weighted = centred * resp[:, part].T[:, :, None]
+        cov[part] = np.matmul(weighted.transpose(0, 2, 1), centred) / counts[part, None, None]
+    return cov + reg * np.eye(dim)
 
 
 def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,7 +94,7 @@ def fit_mixture(
 ) -> MixtureFit:
     """EM for a full-covariance Gaussian mixture on codes (N, Z) (float64 inside), seeded init."""
     x = np.asarray(codes, dtype=np.float64)
-    n, dim = x.shape
+    n = len(x)
     if components < 1 or components > n:
         raise ValueError(f"{components} mixture components for {n} codes")
     rng = np.random.default_rng(seed)
@@ -82,11 +107,7 @@ def fit_mixture(
         counts = resp.sum(0) + 1e-10  # (K,)
         weights = counts / n
         means = (resp.T @ x) / counts[:, None]  # (K, Z)
-        chol = np.empty((components, dim, dim))
-        for k in range(components):
-            centred = x - means[k]
-            cov = (resp[:, k, None] * centred).T @ centred / counts[k] + reg * np.eye(dim)
-            chol[k] = np.linalg.cholesky(cov)
+        chol = np.linalg.cholesky(_covariances(x, resp, means, counts, reg))  # (K, Z, Z)
         log_p = _log_gaussians(x, means, chol) + np.log(weights)  # (N, K)
         top = log_p.max(1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(log_p - top).sum(1))  # (N,)
