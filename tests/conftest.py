@@ -87,6 +87,8 @@ def _tiny_config(tmp_path: Path, prepared_dir: Path, **sections: dict) -> Config
             "batch_size": 32,
             "limit_train_images": 256,
             "device": "cpu",
+            "precision": "fp32",  # the bitwise-reproducible path on every CPU (bf16: test_augment)
+            "channels_last": False,
             "checkpoint_every": 4,
             "log_every": 2,
             "checkpoint_dir": str(tmp_path / "checkpoints"),

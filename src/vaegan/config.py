@@ -86,7 +86,7 @@ class TrainConfig:
     equilibrium_margin: float = _range(0.35, ge=0)
     # Differentiable augmentation of every image the discriminator sees (vaegan.nn.augment).
     augment: Literal["none", "translation", "translation_cutout"] = "none"
-    epochs: int = _range(6, ge=1)
+    epochs: int = _range(9, ge=1)
     # 0 means run all epochs; otherwise stop after this many optimizer steps.
     max_steps: int = _range(0, ge=0)
     batch_size: int = _range(64, ge=1)
@@ -102,9 +102,9 @@ class TrainConfig:
     seed: int = _range(0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # bf16 autocast where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs); auto = bf16 there.
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool = True
     checkpoint_every: int = _range(200, ge=1)
     # auto: resume checkpoint_dir/last.pt when its params match; never: always start fresh.
     resume: Literal["auto", "never"] = "auto"
