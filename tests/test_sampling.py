@@ -94,6 +94,55 @@ def test_cli_rejects_n_below_one(decoder: tuple[Path, VAEGAN], tmp_path: Path) -
     assert not (tmp_path / "grid.png").exists()
 
 
+def test_batches_do_not_change_the_images(
+    decoder: tuple[Path, VAEGAN], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = onnx_runtime.create_session(decoder[0], "cpu")
+    whole = sample.generate(session, 70, seed=3)
+    monkeypatch.setattr(sample, "BATCH", 32)
+    batches = list(sample.generate_batches(session, 70, seed=3))
+    assert [len(b) for b in batches] == [32, 32, 6]
+    assert np.array_equal(np.concatenate(batches), whole)
+
+
+def test_cli_writes_many_images_as_npy(decoder: tuple[Path, VAEGAN], tmp_path: Path) -> None:
+    result = _cli("--model", str(decoder[0]), "--n", "1500", "--out", "many.npy", "--seed", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    array = np.load(tmp_path / "many.npy")
+    assert array.shape == (1500, 28, 28) and array.dtype == np.uint8
+    session = onnx_runtime.create_session(decoder[0], "cpu")
+    assert np.array_equal(array, sample.generate(session, 1500, seed=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.npy"]  # no staging file left
+
+
+@pytest.mark.parametrize(
+    ("n", "out", "message"),
+    [
+        (
+            "5000",
+            "grid.png",
+            "--n: 5000 images do not fit a .png output (at most 4,096); write a .npy instead",
+        ),
+        ("2000000", "all.npy", "--n: 2000000 images do not fit a .npy output (at most 1,000,000)"),
+        ("16", "grid.jpg", "--out: grid.jpg must end in .png (a grid) or .npy"),
+        ("16", "sub", "--out: sub must end in .png"),
+        ("16", "folder.png", "--out: folder.png is a directory; name a file in it"),
+        ("16", "missing/grid.png", "--out: directory missing does not exist"),
+    ],
+)
+def test_cli_refuses_outputs_it_cannot_write_before_decoding(
+    decoder: tuple[Path, VAEGAN], tmp_path: Path, n: str, out: str, message: str
+) -> None:
+    """`--n 100000000` used to be a MemoryError traceback, a directory --out a traceback, and a
+    missing folder was created silently."""
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "sub").mkdir()
+    result = _cli("--model", str(decoder[0]), "--n", n, "--out", out, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"vaegan sample: error: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "sub"]
+
+
 def test_sampling_from_a_file_never_imports_torch(decoder: tuple[Path, VAEGAN], tmp_path: Path) -> None:
     script = (
         "import sys\n"

@@ -39,8 +39,18 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="decoder ONNX file, or an MLflow model URI such as models:/vaegan-decoder@champion",
     )
-    parser.add_argument("--n", type=int, default=64, help="number of images to generate (default 64)")
-    parser.add_argument("--out", default="grid.png", help="PNG file to write (default grid.png)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=64,
+        help="number of images (default 64; up to 4,096 in a .png, 1,000,000 in a .npy)",
+    )
+    parser.add_argument(
+        "--out",
+        default="grid.png",
+        help="file to write: .png = one grid image, .npy = uint8 array (n, 28, 28); its folder must exist "
+        "(default grid.png)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default 0)")
     parser.add_argument(
         "--tracking-uri",

@@ -10,28 +10,82 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from vaegan.artifacts import onnx_runtime
+from vaegan.artifacts.atomic_io import atomic_path
 from vaegan.artifacts.images import image_grid, to_uint8, write_png
 from vaegan.config import Config
 from vaegan.errors import CheckpointError, ConfigError
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+BATCH = 1024  # images per ONNX Runtime call: memory stays flat whatever --n is
+MAX_GRID = 4096  # a PNG grid of 64 x 64 digits (1,922 pixels square)
+MAX_NPY = 1_000_000  # a .npy of 784 MB, written batch by batch
+FORMATS = {".png": MAX_GRID, ".npy": MAX_NPY}
 
 
 def generate(session: ort.InferenceSession, n: int, seed: int, latent_dim: int | None = None) -> np.ndarray:
     """`n` uint8 images (n, 28, 28) decoded from z ~ N(0, I) drawn by numpy's default_rng(seed)."""
+    batches = list(generate_batches(session, n, seed, latent_dim))
+    return np.concatenate(batches)
+
+
+def generate_batches(
+    session: ort.InferenceSession, n: int, seed: int, latent_dim: int | None = None
+) -> Iterator[np.ndarray]:
+    """The `n` images of `generate` as uint8 batches of at most BATCH; the noise is one stream, so
+    the images do not depend on the batching."""
     if n < 1:
         raise ConfigError(f"--n: {n} images requested, need at least 1")
     latent = latent_dim if latent_dim is not None else onnx_runtime.decoder_latent_dim(session)
-    z = np.random.default_rng(seed).standard_normal((n, latent), dtype=np.float32)  # (n, Z)
-    images = onnx_runtime.run_decoder(session, z)  # (n, 1, 28, 28)
-    return to_uint8(images[:, 0])
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, BATCH):
+        z = rng.standard_normal((min(BATCH, n - start), latent), dtype=np.float32)  # (b, Z)
+        yield to_uint8(onnx_runtime.run_decoder(session, z)[:, 0])  # (b, 28, 28)
+
+
+def check_output(out: str, n: int) -> Path:
+    """`--out` as a path once it can hold `n` images: a .png grid (n <= MAX_GRID) or a .npy array
+    (n <= MAX_NPY) in an existing, writable directory (a missing one is not created: a typo in the
+    path should not create folders). ConfigError naming the problem otherwise."""
+    path = Path(out)
+    limit = FORMATS.get(path.suffix.lower())
+    if limit is None:
+        raise ConfigError(
+            f"--out: {out} must end in .png (a grid) or .npy (a uint8 array of shape (n, 28, 28))"
+        )
+    if n < 1:
+        raise ConfigError(f"--n: {n} images requested, need at least 1")
+    if n > limit:
+        hint = "; write a .npy instead" if path.suffix.lower() == ".png" else ""
+        raise ConfigError(f"--n: {n} images do not fit a {path.suffix} output (at most {limit:,}){hint}")
+    if path.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; name a file in it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"--out: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--out: directory {parent} is not writable")
+    return path
+
+
+def write_npy(path: Path, batches: Iterator[np.ndarray], n: int) -> None:
+    """Stream uint8 batches into an (n, 28, 28) .npy at `path`, atomically."""
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 28, 28))
+        start = 0
+        for batch in batches:
+            array[start : start + len(batch)] = batch
+            start += len(batch)
+        array.flush()
+        del array
 
 
 def is_model_uri(model: str) -> bool:
@@ -59,17 +113,21 @@ def resolve_decoder(model: str, config: Config, tracking_uri: str | None, downlo
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    """Decode `--n` prior samples with the ONNX decoder and write them as one PNG grid to `--out`."""
-    if args.n < 1:
-        raise ConfigError(f"--n: {args.n} images requested, need at least 1")
+    """Decode `--n` prior samples with the ONNX decoder, in batches, and write them to `--out`: a
+    PNG grid, or a .npy array for many."""
+    out = check_output(args.out, args.n)  # before any download or decoding
     with tempfile.TemporaryDirectory(prefix="vaegan-sample-") as download_dir:
         decoder_path = resolve_decoder(args.model, config, args.tracking_uri, download_dir)
         session = onnx_runtime.create_session(decoder_path, "auto")  # loaded into memory here
     try:
-        images = generate(session, args.n, args.seed)
+        batches = generate_batches(session, args.n, args.seed)
+        if out.suffix.lower() == ".npy":
+            write_npy(out, batches, args.n)
+        else:
+            images = np.concatenate(list(batches))
+            write_png(out, image_grid(images, ncols=math.ceil(math.sqrt(args.n))))
     except CheckpointError as exc:
         raise CheckpointError(f"{args.model}: {exc}") from exc
-    write_png(args.out, image_grid(images, ncols=math.ceil(math.sqrt(args.n))))
     print(
         f"wrote {args.n} images from {args.model} ({onnx_runtime.active_provider(session)}, "
         f"seed {args.seed}) to {args.out}"
