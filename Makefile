@@ -24,8 +24,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup ## run the whole retraining pipeline (PROFILE=quick on CPU, PROFILE=full on a GPU)
 	$(BIN)/python -m pipelines.retrain --profile $(PROFILE)
 
-repro: setup ## `dvc repro` with the venv on PATH (the stages call `vaegan`): only the stages that changed
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+repro: setup ## `dvc repro [STAGES=...]` with the venv on PATH (the stages call `vaegan`): what changed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro $(STAGES)
 
 check-champion: setup ## score the registry's champion on the current test data (fails on drift)
 	$(BIN)/python -m pipelines.check_champion

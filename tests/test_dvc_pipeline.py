@@ -119,3 +119,31 @@ def test_data_stages_repro_noop_and_push_pull_round_trip(dvc_repo: Path, tmp_pat
         dataset="mnist", source="auto", raw_dir=data / "raw", mirrors=["http://127.0.0.1:9/"]
     )
     assert result.kept_existing and tree_digest(data) == before
+
+
+@pytest.mark.slow
+def test_make_repro_runs_the_stages_without_an_activated_venv(dvc_repo: Path) -> None:
+    """The stages call `vaegan`: `.venv/bin/dvc repro` from a shell without the venv on PATH fails
+    with exit 127 (issue 13 item 13); `make repro` puts the venv's scripts on PATH for them."""
+    for name in ("Makefile", "requirements.lock", "pyproject.toml"):
+        shutil.copy(REPO_ROOT / name, dvc_repo / name)
+        os.utime(dvc_repo / name, (0, 0))  # older than the venv's .installed: `setup` is up to date
+    venv = BIN.parent
+    assert (venv / ".installed").is_file(), "the tests run in the venv that `make setup` built"
+    bare = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
+    bare["PATH"] = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
+    bare["DVC_NO_ANALYTICS"] = "1"
+    plain = subprocess.run(
+        [str(BIN / "dvc"), "repro", "fetch"], cwd=dvc_repo, env=bare, capture_output=True, text=True
+    )
+    assert plain.returncode != 0 and "127" in plain.stdout + plain.stderr
+    made = subprocess.run(
+        ["make", f"VENV={venv}", "repro", "STAGES=prepare"],
+        cwd=dvc_repo,
+        env=bare,
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert (dvc_repo / "data" / "prepared" / "train-images.npy").is_file()
+    assert (dvc_repo / "dvc.lock").is_file()
