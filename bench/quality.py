@@ -98,6 +98,7 @@ def run_job(variant: Variant, seed: int, params: str, base: tuple[str, ...], thr
         "prior_fit_s": fitted - trained,
         "score_s": time.perf_counter() - fitted,
         "images_per_s": result.metrics["images_per_s"],
+        "final_losses": {k: v for k, v in result.metrics.items() if k.startswith("loss_")},
         "steps": result.metrics["steps"],
         "device": result.metrics["device"],
         "samples": evaluation.samples.tolist(),

@@ -154,8 +154,12 @@ def test_quick_bench_orchestration_and_targets(quick_result: tuple[dict[str, Any
         ]
         fid_limit = 2.0
     else:
-        speedup = result["training"]["configs"][0]["ratio"]["project"]
-        speed = [(">= 1.5x the textbook loop (seed, batch 64)", speedup, speedup >= 1.5)]
+        ratios = result["training"]["configs"][0]["ratio"]
+        speed = [(">= 1.5x the textbook loop (seed, batch 64)", ratios["project"], ratios["project"] >= 1.5)]
+        if "project_bf16_cl" in ratios:  # a CPU with native bf16: the quick profile's loop too
+            fast = ratios["project_bf16_cl"]
+            name = ">= 1.5x the textbook loop (seed, batch 64, bf16 + channels_last)"
+            speed.append((name, fast, fast >= 1.5))
         fid_limit = 20.0
     expected = [
         *speed,
@@ -248,8 +252,11 @@ def test_quality_screen_scores_every_variant_and_seed(
         assert record["fid_ratio"] == pytest.approx(record["fid"] / record["fid_floor"])
         assert 0 <= record["precision"] <= 1 and 0 <= record["recall"] <= 1
         assert record["steps"] == 8  # 256 images, batch 32, one epoch
-    assert lines[0]["fid"] != lines[1]["fid"]  # the seed reaches the training
-    assert lines[0]["fid"] != lines[2]["fid"]  # and so does the variant
+    # the seed and the variant reach the training (8 steps leave the samples too saturated for their
+    # FID to tell the runs apart; the final losses do)
+    losses = [r["final_losses"] for r in done]
+    assert losses[0]["loss_dis"] != losses[1]["loss_dis"] and losses[0]["loss_dis"] != losses[2]["loss_dis"]
+    assert set(losses[0]) >= {"loss_prior", "loss_llike", "loss_pixel", "loss_dis", "loss_gan"}
     summary = json.loads((out / "quality.json").read_text())
     assert "| base | 2 |" in summary["table"] and "| cutout | 2 |" in summary["table"]
     assert "broken" not in summary["table"]
