@@ -178,6 +178,19 @@ def test_down_mirror_then_good_mirror(tmp_path: Path, mirror_root: Path, sample_
     assert result.record == record
 
 
+def download_timed(
+    tmp_path: Path, mirrors: list[str], timeout_s: float, md5: dict[str, str]
+) -> tuple[dict, float]:
+    """Fetch the sample from `mirrors` (in order) into tmp_path/raw: (the source record, seconds)."""
+    started = time.monotonic()
+    fetch_dataset(
+        dataset="mnist", source="download", raw_dir=tmp_path / "raw", mirrors=mirrors,
+        timeout_s=timeout_s, expected_md5=md5,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    return read_source(tmp_path / "raw" / "mnist"), elapsed
+
+
 def test_silent_mirror_times_out_then_good_mirror(
     tmp_path: Path, mirror_root: Path, sample_md5: dict[str, str]
 ) -> None:
@@ -186,17 +199,7 @@ def test_silent_mirror_times_out_then_good_mirror(
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # the kernel completes handshakes; nobody ever reads or writes
         stalled = f"http://127.0.0.1:{silent.getsockname()[1]}/mnist/"
-        started = time.monotonic()
-        fetch_dataset(
-            dataset="mnist",
-            source="download",
-            raw_dir=tmp_path / "raw",
-            mirrors=[stalled, url],
-            timeout_s=0.5,
-            expected_md5=sample_md5,
-        )
-        elapsed = time.monotonic() - started
-    record = read_source(tmp_path / "raw" / "mnist")
+        record, elapsed = download_timed(tmp_path, [stalled, url], 0.5, sample_md5)
     assert record["mirrors_used"] == [url]
     assert list(record["failed_urls"]) == [stalled + NAMES[0]]
     assert "timed out" in record["failed_urls"][stalled + NAMES[0]]
@@ -244,17 +247,7 @@ def test_trickling_mirror_hits_the_download_deadline_then_good_mirror(
     """`data.download_timeout_s` bounds the whole transfer: a mirror that sends a byte every 0.1 s
     used to hang `vaegan fetch` forever (every single read finished within the timeout)."""
     with trickling_mirror() as slow, serve(mirror_root) as url:
-        started = time.monotonic()
-        fetch_dataset(
-            dataset="mnist",
-            source="download",
-            raw_dir=tmp_path / "raw",
-            mirrors=[slow, url],
-            timeout_s=1.0,
-            expected_md5=sample_md5,
-        )
-        elapsed = time.monotonic() - started
-    record = read_source(tmp_path / "raw" / "mnist")
+        record, elapsed = download_timed(tmp_path, [slow, url], 1.0, sample_md5)
     assert record["mirrors_used"] == [url]
     reason = record["failed_urls"][slow + NAMES[0]]
     assert "not finished within data.download_timeout_s=1 s" in reason
