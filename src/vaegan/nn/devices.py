@@ -67,14 +67,14 @@ def resolve_precision(device: torch.device, precision: str) -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (lscpu's 'Model name', from /proc/cpuinfo), else platform's guess."""
+    """The CPU's model name (/proc/cpuinfo on Linux, else `platform.processor()`)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return platform.processor() or "unknown"
 
 
 def training_environment(device: torch.device, precision: str) -> dict[str, str]:
