@@ -5,10 +5,11 @@
 
 It starts `prefect server start` and `mlflow server` as child processes (unless PREFECT_API_URL /
 MLFLOW_TRACKING_URI already point at servers: then it uses those), waits until both answer, and
-serves two deployments from this process, which also executes their runs:
+serves three deployments from this process, which also executes their runs:
 
 - `retrain/on-demand`: the retraining flow, run from the UI or `prefect deployment run`;
-- `check-champion/daily`: the champion check, scheduled (cron, default 06:00 every day).
+- `check-champion/daily`: the champion check, scheduled (cron, default 06:00 every day);
+- `reproduce/weekly`: rebuild the champion from its record and compare (default Monday 04:00).
 
 Teams with a shared Prefect server and work pools use prefect.yaml (`prefect deploy --all`) instead.
 """
@@ -28,13 +29,16 @@ from collections.abc import Iterator
 from typing import Any
 
 DAILY_CRON = "0 6 * * *"
+WEEKLY_CRON = "0 4 * * 1"
 
 
-def build_deployments(cron: str = DAILY_CRON) -> list[Any]:
-    """The two deployments: on-demand retraining and the scheduled champion check."""
+def build_deployments(cron: str = DAILY_CRON, weekly_cron: str = WEEKLY_CRON) -> list[Any]:
+    """The three deployments: on-demand retraining, the daily champion check and the weekly proof
+    that the champion is reproducible."""
     # Imported here, not at the top: prefect reads its settings (PREFECT_API_URL) once, when it is
     # first imported (prefect.context.GLOBAL_SETTINGS_CONTEXT), and `main` sets them first.
     from pipelines.check_champion import check_champion
+    from pipelines.reproduce import reproduce
     from pipelines.retrain import retrain
 
     return [
@@ -49,6 +53,13 @@ def build_deployments(cron: str = DAILY_CRON) -> list[Any]:
             cron=cron,
             tags=["vaegan"],
             description="Check the champion on the current test data; fail on FID drift.",
+        ),
+        reproduce.to_deployment(
+            name="weekly",
+            cron=weekly_cron,
+            tags=["vaegan"],
+            description="Rebuild the champion from its record; fail when the rebuild is `different`.",
+            concurrency_limit=1,  # a rebuild is a whole training: one at a time
         ),
     ]
 
@@ -93,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cron", default=DAILY_CRON, help=f"schedule of check-champion (default {DAILY_CRON!r})"
     )
     parser.add_argument(
+        "--weekly-cron", default=WEEKLY_CRON, help=f"schedule of reproduce (default {WEEKLY_CRON!r})"
+    )
+    parser.add_argument(
         "--startup-timeout", type=float, default=300.0, help="seconds to wait for each server"
     )
     args = parser.parse_args(argv)
@@ -128,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}")
         from prefect import serve  # after PREFECT_API_URL is set (see build_deployments)
 
-        serve(*build_deployments(args.cron))
+        serve(*build_deployments(args.cron, args.weekly_cron))
     return 0
 
 

@@ -79,6 +79,43 @@ def _check_champion_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model_uri",
+        nargs="?",
+        default="models:/vaegan-decoder@champion",
+        help="the registered model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/TRAINING_RUN_ID "
+        "(default models:/vaegan-decoder@champion)",
+    )
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="compare environment, training code and params, predict the verdict; train nothing",
+    )
+    parser.add_argument(
+        "--fid-tolerance",
+        type=float,
+        default=None,
+        help="relative FID gap an `equivalent` rebuild may have (default 0.10)",
+    )
+    parser.add_argument(
+        "--pr-tolerance",
+        type=float,
+        default=None,
+        help="absolute precision and recall gap an `equivalent` rebuild may have (default 0.03)",
+    )
+    parser.add_argument("--repo", default=".", help="the model's git + DVC repository (default .)")
+    parser.add_argument("--report", default=None, metavar="FILE", help="also write the verdict as markdown")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary worktree (its path is logged)"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or tracking.uri)",
+    )
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "fetch",
@@ -154,6 +191,19 @@ COMMANDS: tuple[Command, ...] = (
         "MLflow experiment `check-champion`, and fail when FID degraded beyond\n"
         "registry.max_fid_drift relative to the FID recorded at promotion.",
         add_arguments=_check_champion_arguments,
+    ),
+    Command(
+        "reproduce",
+        "vaegan.reproduce:run",
+        "rebuild a registered model from its record; say identical, equivalent or different",
+        "Rebuild a registered model from what the registry records (git commit, params, data sha256,\n"
+        "environment) in a temporary git worktree, through DVC, and compare: weights and ONNX graphs\n"
+        "bitwise, then FID / precision / recall within a tolerance. The environment is compared first\n"
+        "and the verdict predicted before any training. --set changes a recorded param for the\n"
+        "rebuild (the verdict is then `different`, naming it, unless it only says where things run:\n"
+        "tracking.*, registry.*, train.device, evaluate.device).\n"
+        "Exit 0 identical or equivalent, 1 different, 2 cannot reproduce here.",
+        add_arguments=_reproduce_arguments,
     ),
     Command(
         "params",

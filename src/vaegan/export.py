@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 from torch import nn
 
@@ -132,9 +133,23 @@ def _export_graph(model: VAEGAN, spec: GraphSpec, path: str | Path, opset: int) 
             submodule.training = training
     if program is None:  # only the legacy exporter returns None
         raise ExportError(f"torch.onnx.export returned no program for the {spec.name}")
+    _drop_stack_traces(program.model)
     with atomic_path(target) as tmp:
         program.save(tmp, external_data=False)
     return target
+
+
+# The exporter's per-node source stack trace: absolute paths of the checkout that exported, which
+# would make the same weights give different graph bytes in another folder (`vaegan reproduce`).
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(model: ir.Model) -> None:
+    """Remove `STACK_TRACE` from every node of `model`, its subgraphs and functions."""
+    graphs = [model.graph, *model.functions.values()]
+    for graph in graphs:
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            node.metadata_props.pop(STACK_TRACE, None)
 
 
 def export_decoder_onnx(model: VAEGAN, path: str | Path, opset: int = 18) -> Path:

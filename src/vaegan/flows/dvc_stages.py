@@ -61,7 +61,7 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def _error_lines(output: str, limit: int = 12) -> str:
+def error_lines(output: str, limit: int = 12) -> str:
     """The lines that explain a failure: the stage's own `error:` lines first, else the tail."""
     lines = [line for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower() or "Error" in line]
@@ -69,17 +69,28 @@ def _error_lines(output: str, limit: int = 12) -> str:
 
 
 def run_dvc(
-    args: list[str], repo_dir: str | os.PathLike[str], on_line: Callable[[str], None] | None = None
+    args: list[str],
+    repo_dir: str | os.PathLike[str],
+    on_line: Callable[[str], None] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[int, str]:
-    """Run one DVC command in `repo_dir`, streaming its output lines to `on_line`."""
+    """Run one DVC command in `repo_dir`, streaming its output lines to `on_line`; `env` adds to
+    (or replaces in) this process's environment."""
     # dvc.yaml's commands call `vaegan`: put this interpreter's scripts first on PATH, so the stages
     # run with the same environment whether or not the virtualenv is activated.
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    environment = {
+        **os.environ,
+        "PATH": path,
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     process = subprocess.Popen(
         dvc_command(*args),
         cwd=repo_dir,
-        env=env,
+        env=environment,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -101,7 +112,7 @@ def repro_stage(
     code, output = run_dvc(["repro", stage], repo_dir, on_line)
     seconds = time.perf_counter() - started
     if code != 0:
-        raise StageFailed(f"DVC stage '{stage}' failed (exit {code}):\n{_error_lines(output)}")
+        raise StageFailed(f"DVC stage '{stage}' failed (exit {code}):\n{error_lines(output)}")
     return StageOutcome(stage=stage, ran=stage in _RAN.findall(output), seconds=seconds, output=output)
 
 
@@ -113,7 +124,7 @@ def push(
     """`dvc push` of every tracked output to `remote` (DVC's default remote when None)."""
     code, output = run_dvc(["push", *(["-r", remote] if remote else [])], repo_dir, on_line)
     if code != 0:
-        raise StageFailed(f"dvc push failed (exit {code}):\n{_error_lines(output)}")
+        raise StageFailed(f"dvc push failed (exit {code}):\n{error_lines(output)}")
     return output
 
 
@@ -126,7 +137,7 @@ def pull(
     """`dvc pull` of the outputs of `targets` (stages or paths) from `remote` (default remote)."""
     code, output = run_dvc(["pull", *(["-r", remote] if remote else []), *targets], repo_dir, on_line)
     if code != 0:
-        raise StageFailed(f"dvc pull {' '.join(targets)} failed (exit {code}):\n{_error_lines(output)}")
+        raise StageFailed(f"dvc pull {' '.join(targets)} failed (exit {code}):\n{error_lines(output)}")
     return output
 
 

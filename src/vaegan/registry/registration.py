@@ -1,7 +1,11 @@
 """Register the exported ONNX pair: check the export files and where they come from, log both graphs
 in one MLflow run (onnx flavour, signature, input example), register one version of each model
 with the metrics and provenance as tags and the model card as description, and point `challenger`
-at both under the registry lock. Re-running with an unchanged export adds nothing."""
+at both under the registry lock. Re-running with an unchanged export adds nothing.
+
+The registration run also holds `params.yaml`, the training's whole config as the checkpoint
+recorded it: with the `git_commit`, `data_sha256`, `code_sha256`, `weights_sha256` and `env.*`
+tags it is what `vaegan reproduce` rebuilds the model from and compares against."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import mlflow.onnx
 import numpy as np
 import onnx
 import onnxruntime as ort
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -27,6 +32,7 @@ from vaegan.artifacts.atomic_io import read_json_object
 from vaegan.artifacts.checkpoint import load_checkpoint
 from vaegan.artifacts.onnx_runtime import create_session
 from vaegan.artifacts.provenance import sha256_file
+from vaegan.artifacts.weights_digest import weights_sha256
 from vaegan.config import Config
 from vaegan.errors import RegistryError
 from vaegan.flows.dvc_stages import stage_lock_md5
@@ -44,6 +50,8 @@ from vaegan.registry.model_card import model_card
 
 log = logging.getLogger(__name__)
 
+# The training config, logged in the registration run (`vaegan reproduce` reads it back).
+PARAMS_ARTIFACT = "params.yaml"
 EXAMPLE_BATCH = 2
 EXAMPLE_SEED = 0
 # Largest difference allowed between the stored artifact's and the exported file's outputs.
@@ -101,17 +109,30 @@ def verified_export_files(export_dir: str | Path, export_metrics: Mapping[str, A
     return files
 
 
+def _training_checkpoint(config: Config) -> dict[str, Any]:
+    model_path = Path(config.train.model_path)
+    if not model_path.is_file():
+        raise RegistryError(f"training checkpoint {model_path} (train.model_path) does not exist")
+    return load_checkpoint(model_path, "vaegan")
+
+
 def training_provenance(
-    config: Config, export_metrics: Mapping[str, Any], eval_metrics: Mapping[str, Any], repo_dir: str | Path
+    config: Config,
+    export_metrics: Mapping[str, Any],
+    eval_metrics: Mapping[str, Any],
+    repo_dir: str | Path,
+    payload: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Where the exported models come from: checkpoint, training run, data, code, DVC lock.
+    """Where the exported models come from: checkpoint and its weights, training run, data, code
+    (commit and the training code's sha256), DVC lock, and the environment that made the bits
+    (`env.*`: the training's record plus the ONNX libraries that exported and checked the graphs).
+    `payload` is the loaded `train.model_path` checkpoint (read from disk when None).
 
     Refuses when the export or the evaluation was made from another checkpoint than
     `train.model_path`: the tags would then describe a different model.
     """
     model_path = Path(config.train.model_path)
-    if not model_path.is_file():
-        raise RegistryError(f"training checkpoint {model_path} (train.model_path) does not exist")
+    payload = _training_checkpoint(config) if payload is None else payload
     checkpoint_sha = sha256_file(model_path)
     exported_from = export_metrics.get("checkpoint_sha256")
     if exported_from != checkpoint_sha:
@@ -126,11 +147,17 @@ def training_provenance(
             f"{config.evaluate.metrics_path} describes checkpoint sha256 {evaluated}, not {model_path} "
             f"({checkpoint_sha}): re-run `vaegan evaluate`"
         )
-    state = load_checkpoint(model_path, "vaegan").get("state") or {}
+    state = payload.get("state") or {}
     environment = state.get("environment") or {}  # checkpoints from before it was recorded have none
+    lock_path = Path(repo_dir) / "dvc.lock"
     return {
         **{f"env.{key}": str(value) for key, value in environment.items()},
+        "env.onnx": str(onnx.__version__),
+        "env.onnxruntime": str(ort.__version__),
         "checkpoint_sha256": checkpoint_sha,
+        "weights_sha256": weights_sha256(payload),
+        "code_sha256": str((state.get("resume_key") or {}).get("code_sha256") or "unknown"),
+        "dvc_lock_sha256": sha256_file(lock_path) if lock_path.is_file() else "none",
         "training_run_id": str(state.get("mlflow_run_id") or "none"),
         "data_sha256": str(state.get("data_sha256") or eval_provenance.get("data_sha256") or "unknown"),
         "git_commit": str(state.get("git_commit") or "unknown"),
@@ -270,7 +297,8 @@ def register_models(*, config: Config, repo_dir: str | Path = ".") -> Registrati
     export_metrics = _read_json(config.export.metrics_path, "export metrics")
     eval_metrics = _read_json(config.evaluate.metrics_path, "evaluation metrics")
     files = verified_export_files(config.export.dir, export_metrics)
-    provenance = training_provenance(config, export_metrics, eval_metrics, repo_dir)
+    payload = _training_checkpoint(config)
+    provenance = training_provenance(config, export_metrics, eval_metrics, repo_dir, payload)
     shared_tags = version_tags(eval_metrics, provenance)
     latent_dim = export_metrics.get("latent_dim")
     registry = config.registry
@@ -296,6 +324,7 @@ def register_models(*, config: Config, repo_dir: str | Path = ".") -> Registrati
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             }
             mlflow.log_metrics(numeric)
+            mlflow.log_text(yaml.safe_dump(payload["config"], sort_keys=False), PARAMS_ARTIFACT)
             logged = {
                 role: _log_onnx(
                     client, role, files[role], latent_dim if role == "decoder" else None, Path(work)
