@@ -146,7 +146,7 @@ STACK_TRACE = "pkg.torch.onnx.stack_trace"
 
 def _drop_stack_traces(model: ir.Model) -> None:
     """Remove `STACK_TRACE` from every node of `model`, its subgraphs and functions."""
-    graphs = [model.graph, *model.functions.values()]
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
     for graph in graphs:
         for node in ir.traversal.RecursiveGraphIterator(graph):
             node.metadata_props.pop(STACK_TRACE, None)
