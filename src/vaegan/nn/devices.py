@@ -4,8 +4,7 @@
 pass to bfloat16 on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX; oneDNN's
 bf16 convolutions there are ~1.8x fp32 on 2 cores, docs/performance.md); `auto` is bf16 where it is
 native and fp32 elsewhere (`resolve_precision`). Without native bf16 the CPU would emulate it,
-slower than fp32, so `bf16` on such a CPU runs fp32 with a warning.
-pass on CUDA; on CPU and MPS the same code runs under a null context in fp32.
+slower than fp32, so `bf16` on such a CPU runs fp32 with a warning (once per process).
 """
 
 from __future__ import annotations
@@ -61,9 +60,15 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not native_bf16(device):
-        log.warning("train.precision=bf16: %s has no native bf16; running fp32", device.type)
+        _warn_no_native_bf16(device.type)
         return "fp32"
     return precision
+
+
+@functools.cache
+def _warn_no_native_bf16(device_type: str) -> None:
+    """Once per process and device type, however many places resolve the precision."""
+    log.warning("train.precision=bf16: %s has no native bf16; running fp32", device_type)
 
 
 def cpu_model() -> str:
