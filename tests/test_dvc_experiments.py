@@ -9,7 +9,10 @@ test reads the workspace's store with MLflow's own client.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,23 @@ def test_temp_and_queued_experiments_log_into_the_workspace_store(exp_repo: Path
     assert len(list((repo / "mlartifacts").rglob("samples.png"))) == 2
     assert _shown_run_ids(repo) == runs
     assert not (repo / "models").exists(), "a temp/queued experiment must not touch the workspace"
+
+
+def test_a_dvc_experiment_runs_the_code_of_its_own_copy(tmp_path: Path) -> None:
+    """Under `dvc exp run --queue`/`--temp` (DVC_EXP_NAME set, the copy as working directory) the
+    `vaegan` on PATH re-executes itself on the copy's src/, not the editable install's."""
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        REPO_ROOT / "src" / "vaegan", copy / "src" / "vaegan", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    with (copy / "src" / "vaegan" / "__init__.py").open("a") as init:
+        init.write('print("vaegan imported from", __file__)\n')
+    vaegan = [str(Path(sys.executable).parent / "vaegan"), "params", "--set", "train.epochs=3"]
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_EXP_NAME", "VAEGAN_FROM_CHECKOUT")}
+    outside = subprocess.run(vaegan, cwd=copy, env=env, capture_output=True, text=True, check=True)
+    assert "vaegan imported from" not in outside.stdout  # not an experiment: the installed package
+    queued = subprocess.run(
+        vaegan, cwd=copy, env={**env, "DVC_EXP_NAME": "queued-1"}, capture_output=True, text=True, check=True
+    )
+    assert f"vaegan imported from {copy / 'src' / 'vaegan' / '__init__.py'}" in queued.stdout
+    assert "epochs: 3" in queued.stdout  # the arguments went along

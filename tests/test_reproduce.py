@@ -62,20 +62,20 @@ def test_verdicts_from_inputs_bytes_and_metrics() -> None:
     here = predict(SAME_MACHINE, SAME_MACHINE)
     tags = {"metric.fid": "20.0", "metric.precision": "0.80", "metric.recall": "0.70"}
     close = verdicts.metric_comparisons(
-        tags, {"fid": 21.5, "precision": 0.82, "recall": 0.68}, verdicts.Tolerance()
+        tags, {"fid": 22.9, "precision": 0.83, "recall": 0.67}, verdicts.Tolerance()
     )
     far = verdicts.metric_comparisons(
-        tags, {"fid": 23.0, "precision": 0.80, "recall": 0.70}, verdicts.Tolerance()
+        tags, {"fid": 23.2, "precision": 0.80, "recall": 0.70}, verdicts.Tolerance()
     )
     assert [row.same for row in close] == [True, True, True]
-    assert [row.same for row in far] == [False, True, True] and far[0].note.startswith("15.0%")
+    assert [row.same for row in far] == [False, True, True] and far[0].note.startswith("16.0%")
 
     assert verdicts.decide(here, _rows(True), _rows(True, True), far).verdict == "identical"
     equivalent = verdicts.decide(here, _rows(True), _rows(False, True), close)
     assert equivalent.verdict == "equivalent" and "nondeterminism" in equivalent.reason
     different = verdicts.decide(here, _rows(True), _rows(False, True), far)
     assert (different.verdict, different.exit_code) == ("different", 1)
-    assert different.reason.startswith("fid 23 is outside the tolerance of the registered 20")
+    assert different.reason.startswith("fid 23.2 is outside the tolerance of the registered 20")
     first_input = verdicts.decide(here, _rows(True, False, False))
     assert first_input.verdict == "different" and first_input.reason.startswith("item1 differs")
     assert verdicts.decide(here, _rows(True)).verdict == "not rebuilt"

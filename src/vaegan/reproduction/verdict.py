@@ -27,11 +27,13 @@ WHERE_PARAMS = ("tracking.", "registry.", "train.device", "evaluate.device")
 
 @dataclass(frozen=True)
 class Tolerance:
-    """How far an `equivalent` rebuild's metrics may be from the registered ones. The defaults are
-    about twice the spread of three training seeds of the quick profile (docs/reproducibility.md)."""
+    """How far an `equivalent` rebuild's metrics may be from the registered ones. Another CPU type
+    takes another trajectory, much as another training seed does, so the defaults sit just above
+    the largest gap between three seeds of the quick profile: FID 11.8-13.2 (12%), precision
+    0.812-0.832, recall 0.747-0.775 (docs/reproducibility.md)."""
 
-    fid_relative: float = 0.10
-    precision_recall: float = 0.03
+    fid_relative: float = 0.15
+    precision_recall: float = 0.04
 
 
 @dataclass(frozen=True)
