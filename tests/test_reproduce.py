@@ -228,6 +228,10 @@ def test_check_only_predicts_equivalent_when_the_recorded_cpu_differs(
     assert f"this machine differs in cpu (Another CPU 9000 -> {recorded_cpu}): expect `equivalent`" in out
     assert _vaegan("models:/vaegan-decoder/1", "--check-only") == 0
     assert "expect `identical`" in capsys.readouterr().out
+    # a training run names its registration too
+    training_run = client.get_model_version("vaegan-decoder", "1").tags["training_run_id"]
+    assert _vaegan(f"runs:/{training_run}", "--check-only") == 0
+    assert "vaegan-decoder v1 + vaegan-encoder v1" in capsys.readouterr().out
 
 
 @pytest.mark.slow
