@@ -7,7 +7,7 @@ PROFILE ?= quick
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run repro check-champion test test-slow test-all lint format bench serve ui lock clean
+.PHONY: help setup run repro check-champion reproduce test test-slow test-all lint format bench serve ui lock clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ repro: setup ## `dvc repro [STAGES=...]` with the venv on PATH (the stages call 
 
 check-champion: setup ## score the registry's champion on the current test data (fails on drift)
 	$(BIN)/python -m pipelines.check_champion
+
+reproduce: setup ## rebuild MODEL (default the champion) from its registry record: identical / equivalent / different
+	$(BIN)/vaegan reproduce $(MODEL) $(ARGS)
 
 test: setup ## run the fast test suite (the tests not marked slow)
 	$(BIN)/pytest -m "not slow" -q
