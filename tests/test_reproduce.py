@@ -27,7 +27,7 @@ from vaegan.registry.registration import register_models
 from vaegan.reproduce import absolute_store, rebuild_params, reproduce_model
 from vaegan.reproduction import verdict as verdicts
 from vaegan.reproduction.environment import predict
-from vaegan.reproduction.worktree import ReproduceError
+from vaegan.reproduction.worktree import ReproduceError, share_dvc_storage, temporary_worktree
 
 SAME_MACHINE = {"cpu": "AMD EPYC", "torch": "2.14.1", "device": "cpu", "deterministic": "true"}
 
@@ -285,3 +285,26 @@ def test_a_model_trained_from_uncommitted_code_is_different_naming_the_code(
         losses.write_bytes(original)
     out = capsys.readouterr().out
     assert "**different**" in out and "training code differs from what trained the model" in out
+
+
+def test_the_worktree_shares_the_cache_remotes_and_credentials(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    for args in (
+        ["init", "-q"],
+        ["remote", "add", "-d", "local", "../store"],
+        ["remote", "add", "team", "s3://bucket/vaegan"],
+        ["remote", "modify", "--local", "team", "access_key_id", "AKIA-TEST"],
+    ):
+        assert dvc_stages.run_dvc(args, repo)[0] == 0
+    _commit_all(repo, "dvc")
+    with temporary_worktree(repo, _git(repo, "rev-parse", "HEAD").strip()) as worktree:
+        share_dvc_storage(repo, worktree)
+        config = (worktree / ".dvc" / "config.local").read_text()
+    assert f"dir = {repo / '.dvc' / 'cache'}" in config
+    assert (
+        f"url = {tmp_path / 'store'}" in config
+    )  # where the repository's remote is, not beside the worktree
+    assert "access_key_id = AKIA-TEST" in config
+    assert not worktree.exists() and _git(repo, "worktree", "list").count("\n") == 1

@@ -79,7 +79,11 @@ def _dvc_output(args: list[str], repo: Path) -> str:
 
 
 def share_dvc_storage(repo: Path, worktree: Path) -> None:
-    """Point the worktree's DVC at the repository's cache and remotes (in its `.dvc/config.local`)."""
+    """Point the worktree's DVC at the repository's cache and remotes (in its `.dvc/config.local`,
+    which starts as a copy of the repository's: remote credentials live there)."""
+    local = repo / ".dvc" / "config.local"
+    if local.is_file():
+        shutil.copyfile(local, worktree / ".dvc" / "config.local")
     cache = _dvc_output(["cache", "dir"], repo).strip().splitlines()[-1]
     _dvc_output(["cache", "dir", "--local", cache], worktree)
     for line in _dvc_output(["remote", "list"], repo).splitlines():
