@@ -143,7 +143,7 @@ def _run_pipeline(repo: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Iterator[Path]:
+def registered_repo(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Iterator[Path]:
     """A committed pipeline repository whose tiny model is trained and registered (version 1); the
     data comes from a folder of IDX files, the stages run the repository's own src/."""
     root = tmp_path_factory.mktemp("reproduce")
@@ -154,7 +154,9 @@ def registered(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> It
     dvc_stages.apply_params({**TINY_PARAMS, "data.source": str(data)}, repo)
     _commit_all(repo, "pipeline")
     cwd, saved = os.getcwd(), {name: os.environ.get(name) for name in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # An absolute store: MLflow caches a store per URI string in the process, so a relative
+    # `sqlite:///mlflow.db` would reach the store of whichever folder first used that string.
+    os.environ["MLFLOW_TRACKING_URI"] = _store(repo)
     os.environ["PYTHONPATH"] = str(repo / "src")  # the stages run this repository's code
     os.chdir(repo)
     try:
@@ -170,8 +172,20 @@ def registered(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> It
                 os.environ[name] = value
 
 
+def _store(repo: Path) -> str:
+    return f"sqlite:///{repo / 'mlflow.db'}"
+
+
+@pytest.fixture
+def registered(registered_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The registered repository as working directory, its store as MLFLOW_TRACKING_URI."""
+    monkeypatch.chdir(registered_repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _store(registered_repo))
+    return registered_repo
+
+
 def _client() -> MlflowClient:
-    return MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    return MlflowClient(tracking_uri=_store(Path.cwd()))
 
 
 def _vaegan(*args: str) -> int:
