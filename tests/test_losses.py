@@ -93,13 +93,20 @@ def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
 
 
-def _expected_terms(model, x, eps, z_prior, gan_on_recon=True):
-    """The loss terms written out independently of vaegan.nn.losses (same single forward layout)."""
+def _expected_terms(model, x, eps, z_prior, gan_on_recon=True, d_pass="split"):
+    """The loss terms written out independently of vaegan.nn.losses (same forward layout: D on the
+    real images in a call of its own for `split`, on all images at once for `fused`)."""
     b = x.shape[0]
     mu, logvar = model.encoder(x)
     z = mu + eps * torch.exp(0.5 * logvar)
     logits = torch.cat([model.decoder(z), model.decoder(z_prior)])  # separate BatchNorm batches
-    d_logit, feats = model.discriminator(torch.cat([x, torch.sigmoid(logits)]))
+    if d_pass == "fused":
+        d_logit, feats = model.discriminator(torch.cat([x, torch.sigmoid(logits)]))
+    else:
+        (real_logit, real_feats), (fake_logit, fake_feats) = (
+            model.discriminator(x), model.discriminator(torch.sigmoid(logits))
+        )  # fmt: skip
+        d_logit, feats = torch.cat([real_logit, fake_logit]), torch.cat([real_feats, fake_feats])
     prior = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).sum(1).mean()
     llike = 0.5 * ((feats[b : 2 * b] - feats[:b]) ** 2).sum(dim=(1, 2, 3)).mean()
     p = torch.sigmoid(logits[:b]).clamp(1e-12, 1 - 1e-12)
@@ -112,12 +119,20 @@ def _expected_terms(model, x, eps, z_prior, gan_on_recon=True):
 
 
 @pytest.mark.parametrize(
-    ("recon_loss", "preset"), [("both", "seed"), ("feature", "seed"), ("pixel", "seed"), ("both", "default")]
+    ("recon_loss", "preset", "d_pass"),
+    [
+        ("both", "seed", "split"),
+        ("feature", "seed", "split"),
+        ("pixel", "seed", "split"),
+        ("both", "default", "split"),
+        ("both", "seed", "fused"),
+        ("both", "default", "fused"),
+    ],
 )
-def test_each_network_gets_exactly_its_objective_gradient(recon_loss: str, preset: str) -> None:
+def test_each_network_gets_exactly_its_objective_gradient(recon_loss: str, preset: str, d_pass: str) -> None:
     model, x, eps, z_prior = _setup(preset=preset)
     settings = LossSettings(
-        recon_loss=recon_loss, beta=0.7, gamma=0.05, encoder_llike_weight=0.3, gan_weight=2.5
+        recon_loss=recon_loss, beta=0.7, gamma=0.05, encoder_llike_weight=0.3, gan_weight=2.5, d_pass=d_pass
     )
     objectives = vaegan_objectives(
         model.encoder, model.decoder, model.discriminator, x, eps, z_prior, settings
@@ -125,7 +140,7 @@ def test_each_network_gets_exactly_its_objective_gradient(recon_loss: str, prese
     backward_passes(objectives, model.encoder, model.decoder, model.discriminator)
     got = {name: _grads(getattr(model, name)) for name in ("encoder", "decoder", "discriminator")}
 
-    prior, llike, pixel, dis, gen = _expected_terms(model, x, eps, z_prior)
+    prior, llike, pixel, dis, gen = _expected_terms(model, x, eps, z_prior, d_pass=d_pass)
     feat, pix = recon_loss in ("feature", "both"), recon_loss in ("pixel", "both")
     enc_obj = 0.7 * prior + 0.3 * feat * llike + pix * pixel
     dec_obj = 0.05 * feat * llike + pix * pixel + 2.5 * gen
@@ -156,6 +171,26 @@ def test_decoder_never_sees_posterior_and_prior_codes_in_one_batch() -> None:
     assert len(batches) == 2
     torch.testing.assert_close(batches[0], posterior)
     assert torch.equal(batches[1], z_prior)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_split_pass_keeps_real_images_out_of_the_generator_backward_passes() -> None:
+    """`split`: D's backward passes for the encoder and decoder objectives run over the 2B fake
+    images only; `fused` propagates input gradients through all 3B rows. Counted at D's first layer."""
+    rows: dict[str, list[int]] = {}
+    for d_pass in ("split", "fused"):
+        model, x, eps, z_prior = _setup(preset="default")
+        seen = rows.setdefault(d_pass, [])
+        first = next(m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
+        first.register_full_backward_hook(lambda _m, grad_in, _g: seen.append(
+            0 if grad_in[0] is None else grad_in[0].shape[0]))  # fmt: skip
+        obj = vaegan_objectives(
+            model.encoder, model.decoder, model.discriminator, x, eps, z_prior, LossSettings(d_pass=d_pass)
+        )
+        backward_passes(obj, model.encoder, model.decoder, model.discriminator)
+    b = 6  # two passes (encoder, decoder objectives) need input gradients; D's own pass does not
+    assert sum(rows["split"]) == 2 * (2 * b), rows  # over the fakes only
+    assert sum(rows["fused"]) == 2 * (3 * b), rows
 
 
 def test_encoder_gradient_ignores_the_gan_term_and_discriminator_ignores_llike() -> None:

@@ -86,6 +86,11 @@ class TrainConfig:
     equilibrium_margin: float = _range(0.35, ge=0)
     # Differentiable augmentation of every image the discriminator sees (vaegan.nn.augment).
     augment: Literal["none", "translation", "translation_cutout"] = "none"
+    # How D sees a step's images: `split`, the real images in a call of their own without input
+    # gradients (the encoder's and decoder's backward passes skip them; real and fake images are
+    # separate BatchNorm batches); `fused`, one call on real, reconstructed and generated images
+    # together (one BatchNorm batch, fewer and larger kernels).
+    d_pass: Literal["split", "fused"] = "split"
     epochs: int = _range(9, ge=1)
     # 0 means run all epochs; otherwise stop after this many optimizer steps.
     max_steps: int = _range(0, ge=0)

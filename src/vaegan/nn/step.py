@@ -4,7 +4,8 @@ The decoder decodes the posterior codes z and the prior codes z_p in two separat
 its BatchNorm layers normalise each batch with its own statistics: in one shared batch the encoder
 learns to move the posterior where it dominates the batch statistics, and G(z_p) (which no
 reconstruction term constrains) decays to grey blobs (issue 3). The discriminator then sees real,
-reconstructed and generated images together in one pass. Each network gets the gradient of its own
+reconstructed and generated images, the real ones in a call of their own without input gradients
+(`train.d_pass: split`; `fused` is one call on all three). Each network gets the gradient of its own
 objective through a separate `backward(inputs=...)` pass, all of them done before any optimizer
 step, so no parameter is modified while a graph still needs it:
 
@@ -60,6 +61,7 @@ class LossSettings:
     equilibrium: bool = False
     equilibrium_target: float = 0.68
     equilibrium_margin: float = 0.35
+    d_pass: str = "split"
 
     @classmethod
     def from_config(cls, train: TrainConfig) -> LossSettings:
@@ -75,6 +77,7 @@ class LossSettings:
             equilibrium=train.equilibrium,
             equilibrium_target=train.equilibrium_target,
             equilibrium_margin=train.equilibrium_margin,
+            d_pass=train.d_pass,
         )
 
     @property
@@ -142,7 +145,7 @@ def vaegan_objectives(
     d_input = torch.cat([x, fakes])  # (3B, 1, 28, 28)
     if augment is not None:
         d_input = aug.apply(d_input, augment)
-    d_logits, d_features = discriminator(d_input)  # (3B,), (3B, C, 7, 7)
+    d_logits, d_features = discriminate(discriminator, d_input, batch, settings.d_pass)
     d_logits = d_logits.float()
     real_logits, recon_d_logits, prior_d_logits = (
         d_logits[:batch],
@@ -181,6 +184,22 @@ def vaegan_objectives(
         bce_real=bce_real.detach(),
         bce_fake=bce_fake.detach(),
     )
+
+
+def discriminate(
+    discriminator: nn.Module, d_input: torch.Tensor, batch: int, d_pass: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's logits (3B,) and features Dis_l (3B, C, 7, 7) of d_input (3B, 1, 28, 28): real rows first.
+
+    `split` runs D on the real rows in a call of their own, detached: they depend on no parameter
+    of the encoder or decoder, so neither network's backward pass has to propagate through them
+    (in one fused call the whole 3B batch would carry input gradients)."""
+    if d_pass == "fused":
+        result: tuple[torch.Tensor, torch.Tensor] = discriminator(d_input)
+        return result
+    real_logits, real_features = discriminator(d_input[:batch].detach())
+    fake_logits, fake_features = discriminator(d_input[batch:])
+    return torch.cat([real_logits, fake_logits]), torch.cat([real_features, fake_features])
 
 
 def vae_objectives(
