@@ -52,6 +52,7 @@ class Plan:
     inference_calls: dict[int, int]
     orchestration_repeats: int
     impls: tuple[str, ...] = field(default=())
+    training_rounds: int = 1  # interleaved rounds of the training implementations
 
 
 def plan_for(quick: bool, device_type: str) -> Plan:
@@ -75,12 +76,12 @@ def plan_for(quick: bool, device_type: str) -> Plan:
         schedules = {64: (50, 5, 2), 256: (50, 5, 2), 1024: (25, 5, 2)}
         calls = {1: 300, 256: 100}
     else:
-        schedules = {64: (4, 3, 1), 256: (2, 3, 1), 1024: (1, 3, 1)}
+        schedules = {64: (16, 3, 1), 256: (4, 3, 1), 1024: (1, 3, 1)}  # 1,024 images a window
         calls = {1: 200, 256: 15}
     return Plan(
         presets=("default", "seed"), batches=(64, 256, 1024), schedules=schedules, train_images=60_000,
         fid_samples=10_000, fid_repeats=3, inference_batches=(1, 256), inference_calls=calls,
-        orchestration_repeats=5, impls=impls,
+        orchestration_repeats=5, impls=impls, training_rounds=1 if cuda else 2,
     )  # fmt: skip
 
 
@@ -122,35 +123,51 @@ def _round_or_none(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
+def _train_process(plan: Plan, preset: str, batch: int, impl: str) -> dict[str, Any]:
+    """One `python -m bench.training` process: its JSON line, or {"error": ...}."""
+    window, windows, warmup = plan.schedules[batch]
+    _log(f"training {preset} batch {batch}: {impl}")
+    cmd = [
+        sys.executable, "-m", "bench.training", "--impl", impl, "--preset", preset,
+        "--batch", str(batch), "--window-steps", str(window), "--windows", str(windows),
+        "--warmup-windows", str(warmup), "--images", str(plan.train_images),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exited {proc.returncode}: {tail}"}
+    raw: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return raw
+
+
 def run_training(plan: Plan) -> dict[str, Any]:
-    """Every (preset, batch) with each implementation in its own process; figures and ratios."""
+    """Every (preset, batch): each implementation in its own process, the implementations
+    interleaved over `plan.training_rounds` rounds (a slow spell of the machine then hits every
+    side, not one); the timed windows of all rounds pooled; figures and ratios of medians."""
     configs = []
     for preset in plan.presets:
         for batch in plan.batches:
-            window, windows, warmup = plan.schedules[batch]
+            runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in plan.impls}
+            for _ in range(plan.training_rounds):
+                for impl in plan.impls:
+                    runs[impl].append(_train_process(plan, preset, batch, impl))
             results: dict[str, Any] = {}
-            for impl in plan.impls:
-                _log(f"training {preset} batch {batch}: {impl}")
-                cmd = [
-                    sys.executable, "-m", "bench.training", "--impl", impl, "--preset", preset,
-                    "--batch", str(batch), "--window-steps", str(window), "--windows", str(windows),
-                    "--warmup-windows", str(warmup), "--images", str(plan.train_images),
-                ]  # fmt: skip
-                proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
-                if proc.returncode != 0:
-                    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                    results[impl] = skipped(f"exited {proc.returncode}: {tail}")
+            for impl, raws in runs.items():
+                failed = [raw["error"] for raw in raws if "error" in raw]
+                if failed:
+                    results[impl] = skipped(failed[0])
                     continue
-                raw = json.loads(proc.stdout.strip().splitlines()[-1])
-                rates = raw["images_per_s"]
+                rates = [rate for raw in raws for rate in raw["images_per_s"]]
+                last = raws[-1]
                 results[impl] = {
                     "images_per_s": summary(rates, 3),
                     "epoch_s": summary([EPOCH_IMAGES / r for r in rates], 3),
-                    "peak_rss_mib": round(raw["peak_rss_mib"], 1),
-                    "gpu_max_allocated_mib": _round_or_none(raw["gpu_max_allocated_mib"]),
-                    "steps": raw["steps"], "window_steps": raw["window_steps"],
-                    "warmup_windows": raw["warmup_windows"], "process_wall_s": round(raw["wall_s"], 2),
-                    "settings": raw["settings"],
+                    "peak_rss_mib": round(max(raw["peak_rss_mib"] for raw in raws), 1),
+                    "gpu_max_allocated_mib": _round_or_none(last["gpu_max_allocated_mib"]),
+                    "steps": last["steps"], "window_steps": last["window_steps"],
+                    "warmup_windows": last["warmup_windows"], "rounds": len(raws),
+                    "process_wall_s": round(sum(raw["wall_s"] for raw in raws), 2),
+                    "settings": last["settings"],
                 }  # fmt: skip
             reference = results.get("textbook", {})
             ratios = {

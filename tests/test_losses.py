@@ -173,24 +173,29 @@ def test_decoder_never_sees_posterior_and_prior_codes_in_one_batch() -> None:
     assert torch.equal(batches[1], z_prior)
 
 
+def _input_gradient_rows(d_pass: str) -> list[int]:
+    """Rows of each input gradient D's first layer computed during one step's backward passes."""
+    model, x, eps, z_prior = _setup(preset="default")
+    rows: list[int] = []
+
+    def record(_module: torch.nn.Module, grad_in: tuple[torch.Tensor | None, ...], _out: object) -> None:
+        rows.append(0 if grad_in[0] is None else grad_in[0].shape[0])
+
+    first = next(m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_full_backward_hook(record)
+    settings = LossSettings(d_pass=d_pass)
+    obj = vaegan_objectives(model.encoder, model.decoder, model.discriminator, x, eps, z_prior, settings)
+    backward_passes(obj, model.encoder, model.decoder, model.discriminator)
+    return rows
+
+
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_split_pass_keeps_real_images_out_of_the_generator_backward_passes() -> None:
     """`split`: D's backward passes for the encoder and decoder objectives run over the 2B fake
-    images only; `fused` propagates input gradients through all 3B rows. Counted at D's first layer."""
-    rows: dict[str, list[int]] = {}
-    for d_pass in ("split", "fused"):
-        model, x, eps, z_prior = _setup(preset="default")
-        seen = rows.setdefault(d_pass, [])
-        first = next(m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
-        first.register_full_backward_hook(lambda _m, grad_in, _g: seen.append(
-            0 if grad_in[0] is None else grad_in[0].shape[0]))  # fmt: skip
-        obj = vaegan_objectives(
-            model.encoder, model.decoder, model.discriminator, x, eps, z_prior, LossSettings(d_pass=d_pass)
-        )
-        backward_passes(obj, model.encoder, model.decoder, model.discriminator)
-    b = 6  # two passes (encoder, decoder objectives) need input gradients; D's own pass does not
-    assert sum(rows["split"]) == 2 * (2 * b), rows  # over the fakes only
-    assert sum(rows["fused"]) == 2 * (3 * b), rows
+    images only; `fused` propagates input gradients through all 3B rows. D's own pass needs none."""
+    b = 6
+    assert sum(_input_gradient_rows("split")) == 2 * (2 * b)
+    assert sum(_input_gradient_rows("fused")) == 2 * (3 * b)
 
 
 def test_encoder_gradient_ignores_the_gan_term_and_discriminator_ignores_llike() -> None:

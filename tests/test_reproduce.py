@@ -24,10 +24,11 @@ from vaegan.config import ConfigError, build_config, load_config
 from vaegan.flows import dvc_stages
 from vaegan.nn.networks import build_model, model_args_for
 from vaegan.registry.registration import register_models
-from vaegan.reproduce import absolute_store, rebuild_params, reproduce_model
+from vaegan.reproduce import rebuild_params, reproduce_model
 from vaegan.reproduction import verdict as verdicts
 from vaegan.reproduction.environment import predict
 from vaegan.reproduction.worktree import ReproduceError, share_dvc_storage, temporary_worktree
+from vaegan.tracking.store import absolute_uri
 
 SAME_MACHINE = {"cpu": "AMD EPYC", "torch": "2.14.1", "device": "cpu", "deterministic": "true"}
 
@@ -109,10 +110,10 @@ def test_rebuild_params_refuse_output_paths_outside_the_worktree() -> None:
 
 
 def test_the_rebuild_logs_into_the_users_store_not_beside_its_worktree(tmp_path: Path) -> None:
-    assert absolute_store("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert absolute_store("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
-    assert absolute_store("mlruns", tmp_path) == str(tmp_path / "mlruns")
-    assert absolute_store("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    assert absolute_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert absolute_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    assert absolute_uri("mlruns", tmp_path) == str(tmp_path / "mlruns")
+    assert absolute_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
 
 
 def test_serve_schedules_reproduce_weekly() -> None:

@@ -51,6 +51,7 @@ from vaegan.reproduction.worktree import (
     worktree_python_path,
     write_params,
 )
+from vaegan.tracking.store import absolute_uri
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,6 @@ class Reproduction:
     record: RecordedModel
     commit: str
     markdown: str
-
-
-def absolute_store(uri: str, base: Path) -> str:
-    """`uri` with a relative local store path (sqlite file or folder) made absolute against `base`:
-    the stages run in the worktree, and their runs must land in the user's store, not beside them."""
-    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        path = Path(uri.removeprefix("sqlite:///"))
-        return uri if path.is_absolute() else f"sqlite:///{(base / path).resolve()}"
-    if "://" not in uri and uri and not Path(uri).is_absolute():
-        return str((base / uri).resolve())
-    return uri
 
 
 def rebuild_params(
@@ -155,7 +145,7 @@ def reproduce_model(
     with mlflow_errors(f"read the registration {model_uri}"):
         record = read_record(client, config.registry, model_uri)
     repo = Path(repo_dir).resolve()
-    store_uri = absolute_store(store_uri, Path.cwd())
+    store_uri = absolute_uri(store_uri, Path.cwd())
     tracking = {
         "uri": store_uri,
         "experiment": f"{config.tracking.experiment}-reproduce",

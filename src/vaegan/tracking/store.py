@@ -4,11 +4,11 @@ The URI comes from the MLFLOW_TRACKING_URI environment variable when set, else `
 (default `sqlite:///mlflow.db`). A local store gets its artifacts under
 `tracking.artifact_location`; a server decides its own.
 
-Relative local paths (the sqlite file, a plain store folder, the artifact location) are anchored
-at the DVC repository the command runs for: DVC sets `DVC_ROOT` for every stage, and for
-`dvc exp run --temp`/`--queue` it points at the user's repository, not at the temporary copy the
-experiment runs in (which DVC deletes afterwards, and the runs with it). Outside DVC they stay
-relative to the working directory.
+Relative local paths (the sqlite file, a plain store folder, the artifact location) are made
+absolute against the DVC repository the command runs for: DVC sets `DVC_ROOT` for every stage, and
+for `dvc exp run --temp`/`--queue` it points at the user's repository, not at the temporary copy
+the experiment runs in (which DVC deletes afterwards, and the runs with it). Outside DVC they are
+made absolute against the working directory.
 """
 
 from __future__ import annotations
@@ -34,29 +34,36 @@ if TYPE_CHECKING:
 LOCAL_SCHEMES = ("sqlite", "file", "")
 
 
-def workspace_root() -> Path | None:
-    """The DVC repository this command runs for (`DVC_ROOT`), or None outside a DVC stage."""
+def local_base() -> Path:
+    """Where relative local store paths live: the DVC repository this command runs for
+    (`DVC_ROOT`, set for every stage), else the working directory."""
     root = os.environ.get("DVC_ROOT")
-    return Path(root) if root else None
+    return Path(root) if root else Path.cwd()
 
 
-def anchored(path: str) -> str:
-    """`path` joined to the DVC repository when it is relative and a stage runs, else unchanged."""
-    root = workspace_root()
-    if root is None or not path or Path(path).is_absolute():
+def anchored(path: str, base: Path | None = None) -> str:
+    """`path` joined to `base` (default `local_base()`) when it is relative, else unchanged."""
+    if not path or Path(path).is_absolute():
         return path
-    return str(root / path)
+    return str((base or local_base()) / path)
+
+
+def absolute_uri(uri: str, base: Path | None = None) -> str:
+    """`uri` with a relative local store (the sqlite file, a plain folder) made absolute against
+    `base` (default `local_base()`); servers and absolute paths unchanged. Always absolute, because
+    MLflow keeps one store per URI string per process: a relative URI used from two folders would
+    reach the first folder's store."""
+    scheme = _scheme(uri)
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return "sqlite:///" + anchored(uri.removeprefix("sqlite:///"), base)
+    if scheme == "":
+        return anchored(uri, base)
+    return uri
 
 
 def tracking_uri(tracking: TrackingConfig) -> str:
-    """The MLflow tracking URI in effect (environment first, then params), local paths anchored."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
-    scheme = _scheme(uri)
-    if scheme == "sqlite" and uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        return "sqlite:///" + anchored(uri.removeprefix("sqlite:///"))
-    if scheme == "":
-        return anchored(uri)
-    return uri
+    """The MLflow tracking URI in effect (environment first, then params), local paths absolute."""
+    return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri)
 
 
 def dvc_experiment_tags() -> dict[str, str]:
