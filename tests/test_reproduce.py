@@ -102,11 +102,23 @@ def test_weights_digest_covers_the_weights_and_nothing_else() -> None:
 def test_rebuild_params_refuse_output_paths_outside_the_worktree() -> None:
     recorded = build_config({}).to_dict()
     tracking = {"uri": "sqlite:////x/mlflow.db", "experiment": "vaegan-reproduce"}
-    params = rebuild_params(recorded, ["train.lr=0.001"], tracking)
-    assert params["train"]["lr"] == 0.001
+    params, config = rebuild_params(recorded, ["train.lr=0.001"], tracking)
+    assert params["train"]["lr"] == 0.001 and config.train.lr == 0.001
     assert params["tracking"] == {**recorded["tracking"], **tracking}
     with pytest.raises(ConfigError, match="train.model_path=/tmp/m.pt is an absolute path"):
         rebuild_params(recorded, ["train.model_path=/tmp/m.pt"], tracking)
+
+
+def test_a_record_from_before_a_new_param_rebuilds_with_the_records_keys() -> None:
+    """A model trained before `train.d_pass` existed: the rebuild must not add it (the recorded
+    commit's code would refuse the key, and the comparison would call the model `different`)."""
+    recorded = build_config({}).to_dict()
+    del recorded["train"]["d_pass"]
+    tracking = {"uri": "sqlite:////x/mlflow.db", "experiment": "vaegan-reproduce"}
+    params, config = rebuild_params(recorded, [], tracking)
+    assert "d_pass" not in params["train"]
+    assert config.train.d_pass == "split"  # this code's reading, for its own paths and checks
+    assert verdicts.param_comparisons(recorded, params) == []
 
 
 def test_the_rebuild_logs_into_the_users_store_not_beside_its_worktree(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from vaegan.reproduction.verdict import Comparison, Tolerance, Verdict
 from vaegan.reproduction.worktree import (
     ReproduceError,
     get_data,
+    pipeline_stages,
     rebuild_stages,
     resolve_commit,
     share_dvc_storage,
@@ -77,24 +78,27 @@ class Reproduction:
 
 def rebuild_params(
     recorded: dict[str, Any], overrides: Sequence[str], tracking: dict[str, str]
-) -> dict[str, Any]:
-    """The rebuild's config: the recorded one with `overrides` (`section.key=value`) and the
-    `tracking` section's values (the user's store); validated, output paths relative."""
+) -> tuple[dict[str, Any], Config]:
+    """The rebuild's params: the recorded ones with `overrides` (`section.key=value`) and the
+    `tracking` section's values (the user's store), keeping the record's keys (a param this code
+    added since, with its default, would be unknown to the recorded commit's code and would read as
+    a changed param); and this code's validated reading of them. Output paths must be relative."""
     params = {section: dict(values or {}) for section, values in recorded.items()}
     for text in overrides:
         (section, key), value = parse_override(text)
         params.setdefault(section, {})[key] = value
     params.setdefault("tracking", {}).update(tracking)
-    config = build_config(params).to_dict()
+    config = build_config(params)
+    resolved = config.to_dict()
     for key in OUTPUT_PATHS:
         section, name = key.split(".")
-        value = config[section][name]
+        value = resolved[section][name]
         if isinstance(value, str) and Path(value).is_absolute():
             raise ConfigError(
                 f"{key}={value} is an absolute path: the rebuild writes only inside its temporary "
                 f"worktree (pass --set {key}=<relative path>)"
             )
-    return config
+    return params, config
 
 
 def code_sha256_at(worktree: Path) -> str:
@@ -151,8 +155,7 @@ def reproduce_model(
         "experiment": f"{config.tracking.experiment}-reproduce",
         "artifact_location": str((Path.cwd() / config.tracking.artifact_location).resolve()),
     }
-    params = rebuild_params(record.params, overrides, tracking)
-    rebuild_config = build_config(params)
+    params, rebuild_config = rebuild_params(record.params, overrides, tracking)
     prediction = predict(recorded_environment(record.tags), this_environment(rebuild_config))
     on_line(f"{record.label()}: {prediction.reason}")
     commit = resolve_commit(repo, record.git_commit)
@@ -168,7 +171,8 @@ def reproduce_model(
             share_dvc_storage(repo, worktree)
             write_params(worktree, params)
             env = stage_environment(worktree, store_uri)
-            get_data(worktree, env, on_line)
+            stages = pipeline_stages(worktree)
+            get_data(worktree, stages, env, on_line)
             data = data_sha256(worktree / rebuild_config.data.prepared_dir)
             if data != record.tag("data_sha256"):
                 raise ReproduceError(
@@ -176,7 +180,7 @@ def reproduce_model(
                     f"DVC gives {data} for commit {commit[:12]} with the recorded params"
                 )
             inputs.append(verdicts.digest_comparison("data", record.tag("data_sha256"), data))
-            rebuild_stages(worktree, env, on_line)
+            rebuild_stages(worktree, stages, env, on_line)
             bitwise, metrics = _rebuilt_outputs(worktree, rebuild_config, record, tolerance or Tolerance())
             verdict = verdicts.decide(prediction, inputs, bitwise, metrics)
     if verdict.verdict != verdicts.UNCHECKED:

@@ -105,11 +105,17 @@ def run_dvc(
 
 
 def repro_stage(
-    stage: str, repo_dir: str | os.PathLike[str] = ".", on_line: Callable[[str], None] | None = None
+    stage: str,
+    repo_dir: str | os.PathLike[str] = ".",
+    on_line: Callable[[str], None] | None = None,
+    *,
+    flags: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
 ) -> StageOutcome:
-    """`dvc repro <stage>`: runs it when its deps, params or code changed, else DVC skips it."""
+    """`dvc repro [flags] <stage>`: runs it when its deps, params or code changed, else DVC skips
+    it (`--force` runs it anyway); `env` is added to the stage's environment."""
     started = time.perf_counter()
-    code, output = run_dvc(["repro", stage], repo_dir, on_line)
+    code, output = run_dvc(["repro", *flags, stage], repo_dir, on_line, env=env)
     seconds = time.perf_counter() - started
     if code != 0:
         raise StageFailed(f"DVC stage '{stage}' failed (exit {code}):\n{error_lines(output)}")

@@ -23,7 +23,7 @@ import yaml
 
 from vaegan.artifacts.atomic_io import write_text
 from vaegan.errors import VaeganError
-from vaegan.flows.dvc_stages import StageFailed, error_lines, run_dvc
+from vaegan.flows.dvc_stages import error_lines, repro_stage, run_dvc
 
 # The stages that produce the data; every stage after them is rebuilt.
 DATA_STAGES = ("fetch", "prepare")
@@ -116,24 +116,23 @@ def pipeline_stages(worktree: Path) -> list[str]:
     return list(document.get("stages") or {})
 
 
-def get_data(worktree: Path, env: Mapping[str, str], on_line: Callable[[str], None] | None = None) -> None:
-    """The data stages through DVC: outputs from the cache or remote when the commit's dvc.lock
-    matches the recorded params, else the stages run (never restored from DVC's run cache)."""
-    targets = [stage for stage in DATA_STAGES if stage in pipeline_stages(worktree)]
+def get_data(
+    worktree: Path, stages: list[str], env: Mapping[str, str], on_line: Callable[[str], None] | None = None
+) -> None:
+    """The data stages among `stages` through DVC: outputs from the cache or remote when the
+    commit's dvc.lock matches the recorded params, else the stages run (never from the run cache)."""
+    targets = [stage for stage in DATA_STAGES if stage in stages]
     code, output = run_dvc(["repro", "--pull", "--no-run-cache", *targets], worktree, on_line, env=env)
     if code != 0:
         raise ReproduceError(f"could not get the data through DVC (exit {code}):\n{error_lines(output)}")
 
 
 def rebuild_stages(
-    worktree: Path, env: Mapping[str, str], on_line: Callable[[str], None] | None = None
+    worktree: Path, stages: list[str], env: Mapping[str, str], on_line: Callable[[str], None] | None = None
 ) -> list[str]:
-    """Run every stage after the data ones, each forced and never from DVC's run cache."""
-    stages = [stage for stage in pipeline_stages(worktree) if stage not in DATA_STAGES]
-    for stage in stages:
-        code, output = run_dvc(
-            ["repro", "--single-item", "--force", "--no-run-cache", stage], worktree, on_line, env=env
-        )
-        if code != 0:
-            raise StageFailed(f"rebuild: DVC stage '{stage}' failed (exit {code}):\n{error_lines(output)}")
-    return stages
+    """Run every stage of `stages` after the data ones, each forced and never from DVC's run cache."""
+    rebuilt = [stage for stage in stages if stage not in DATA_STAGES]
+    flags = ("--single-item", "--force", "--no-run-cache")
+    for stage in rebuilt:
+        repro_stage(stage, worktree, on_line, flags=flags, env=env)
+    return rebuilt
