@@ -29,6 +29,7 @@ from typing import Any
 import numpy
 import torch
 
+from bench import turns
 from bench.figures import ratio, skipped, summary
 from bench.report import render
 from bench.training import EPOCH_IMAGES, PROJECT_VARIANTS
@@ -52,7 +53,7 @@ class Plan:
     inference_calls: dict[int, int]
     orchestration_repeats: int
     impls: tuple[str, ...] = field(default=())
-    training_rounds: int = 1  # interleaved rounds of the training implementations
+    take_turns: bool = False  # the implementations of a cell train window by window in turn (bench.turns)
 
 
 def plan_for(quick: bool, device_type: str) -> Plan:
@@ -70,18 +71,18 @@ def plan_for(quick: bool, device_type: str) -> Plan:
         return Plan(
             presets=("seed",), batches=(64,), schedules={64: (2, 2, 1)}, train_images=2048,
             fid_samples=1000, fid_repeats=2, inference_batches=(1, 8), inference_calls={1: 5, 8: 5},
-            orchestration_repeats=2, impls=impls,
+            orchestration_repeats=2, impls=impls, take_turns=not cuda,
         )  # fmt: skip
     if cuda:
         schedules = {64: (50, 5, 2), 256: (50, 5, 2), 1024: (25, 5, 2)}
         calls = {1: 300, 256: 100}
     else:
-        schedules = {64: (16, 3, 1), 256: (4, 3, 1), 1024: (1, 3, 1)}  # 1,024 images a window
+        schedules = {64: (16, 8, 1), 256: (4, 8, 1), 1024: (1, 8, 1)}  # 1,024 images a window
         calls = {1: 200, 256: 15}
     return Plan(
         presets=("default", "seed"), batches=(64, 256, 1024), schedules=schedules, train_images=60_000,
         fid_samples=10_000, fid_repeats=3, inference_batches=(1, 256), inference_calls=calls,
-        orchestration_repeats=5, impls=impls, training_rounds=1 if cuda else 2,
+        orchestration_repeats=5, impls=impls, take_turns=not cuda,
     )  # fmt: skip
 
 
@@ -123,65 +124,104 @@ def _round_or_none(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def _train_process(plan: Plan, preset: str, batch: int, impl: str) -> dict[str, Any]:
-    """One `python -m bench.training` process: its JSON line, or {"error": ...}."""
+def _train_command(plan: Plan, preset: str, batch: int, impl: str) -> list[str]:
     window, windows, warmup = plan.schedules[batch]
-    _log(f"training {preset} batch {batch}: {impl}")
-    cmd = [
+    return [
         sys.executable, "-m", "bench.training", "--impl", impl, "--preset", preset,
         "--batch", str(batch), "--window-steps", str(window), "--windows", str(windows),
         "--warmup-windows", str(warmup), "--images", str(plan.train_images),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exited {proc.returncode}: {tail}"}
-    raw: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _train_result(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    """A `python -m bench.training` process's JSON line, or {"error": ...}."""
+    if returncode != 0:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exited {returncode}: {tail}"}
+    raw: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return raw
 
 
+def _train_one_by_one(plan: Plan, preset: str, batch: int) -> dict[str, dict[str, Any]]:
+    """Each implementation in its own process, one process after the other."""
+    raws = {}
+    for impl in plan.impls:
+        _log(f"training {preset} batch {batch}: {impl}")
+        cmd = _train_command(plan, preset, batch, impl)
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
+        raws[impl] = _train_result(proc.returncode, proc.stdout, proc.stderr)
+    return raws
+
+
+def _train_in_turns(plan: Plan, preset: str, batch: int) -> dict[str, dict[str, Any]]:
+    """Each implementation in its own process, all started together and training window by window
+    in turn (bench.turns): window k of each ran right after window k of the one before."""
+    _log(f"training {preset} batch {batch}: {', '.join(plan.impls)}, in turns")
+    ends = turns.ring(len(plan.impls))
+    procs = {}
+    for impl, (read_fd, write_fd) in zip(plan.impls, ends, strict=True):
+        cmd = [*_train_command(plan, preset, batch, impl), "--turn-fds", f"{read_fd},{write_fd}"]
+        procs[impl] = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            pass_fds=(read_fd, write_fd),
+        )  # fmt: skip
+    turns.start(ends)
+    raws = {}
+    for impl, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        raws[impl] = _train_result(proc.returncode, stdout, stderr)
+    return raws
+
+
 def run_training(plan: Plan) -> dict[str, Any]:
-    """Every (preset, batch): each implementation in its own process, the implementations
-    interleaved over `plan.training_rounds` rounds (a slow spell of the machine then hits every
-    side, not one); the timed windows of all rounds pooled; figures and ratios of medians."""
+    """Every (preset, batch): each implementation in its own process; on CPU the processes take
+    turns window by window (a drift of the machine's speed then hits every side alike) and the
+    ratios are paired window by window, else they run one after the other and ratios are of medians."""
     configs = []
     for preset in plan.presets:
         for batch in plan.batches:
-            runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in plan.impls}
-            for _ in range(plan.training_rounds):
-                for impl in plan.impls:
-                    runs[impl].append(_train_process(plan, preset, batch, impl))
+            train = _train_in_turns if plan.take_turns else _train_one_by_one
+            raws = train(plan, preset, batch)
             results: dict[str, Any] = {}
-            for impl, raws in runs.items():
-                failed = [raw["error"] for raw in raws if "error" in raw]
-                if failed:
-                    results[impl] = skipped(failed[0])
+            for impl, raw in raws.items():
+                if "error" in raw:
+                    results[impl] = skipped(raw["error"])
                     continue
-                rates = [rate for raw in raws for rate in raw["images_per_s"]]
-                last = raws[-1]
+                rates = raw["images_per_s"]
                 results[impl] = {
                     "images_per_s": summary(rates, 3),
+                    "windows_images_per_s": [round(rate, 3) for rate in rates],
                     "epoch_s": summary([EPOCH_IMAGES / r for r in rates], 3),
-                    "peak_rss_mib": round(max(raw["peak_rss_mib"] for raw in raws), 1),
-                    "gpu_max_allocated_mib": _round_or_none(last["gpu_max_allocated_mib"]),
-                    "steps": last["steps"], "window_steps": last["window_steps"],
-                    "warmup_windows": last["warmup_windows"], "rounds": len(raws),
-                    "process_wall_s": round(sum(raw["wall_s"] for raw in raws), 2),
-                    "settings": last["settings"],
+                    "peak_rss_mib": round(raw["peak_rss_mib"], 1),
+                    "gpu_max_allocated_mib": _round_or_none(raw["gpu_max_allocated_mib"]),
+                    "steps": raw["steps"], "window_steps": raw["window_steps"],
+                    "warmup_windows": raw["warmup_windows"], "took_turns": raw["took_turns"],
+                    "process_wall_s": round(raw["wall_s"], 2), "settings": raw["settings"],
                 }  # fmt: skip
-            reference = results.get("textbook", {})
-            ratios = {
-                impl: ratio(result["images_per_s"], reference["images_per_s"])
-                for impl, result in results.items()
-                if impl != "textbook" and "skipped" not in result and "images_per_s" in reference
-            }
+            ratios = _ratios(raws, plan.take_turns)
             configs.append({"preset": preset, "batch": batch, "results": results, "ratio": ratios})
     return {
         "epoch_images": EPOCH_IMAGES,
         "train_images_on_device": plan.train_images,
-        "ratio_is": "images/s of the implementation / images/s of the textbook loop (medians)",
+        "ratio_is": (
+            "median over windows k of images/s of the implementation's window k / the textbook loop's "
+            "window k (the processes took turns)" if plan.take_turns
+            else "images/s of the implementation / images/s of the textbook loop (medians)"
+        ),
         "configs": configs,
-    }
+    }  # fmt: skip
+
+
+def _ratios(raws: dict[str, dict[str, Any]], paired: bool) -> dict[str, float]:
+    """Each implementation against the textbook loop, where both were measured."""
+    reference = raws.get("textbook", {}).get("images_per_s")
+    if reference is None:
+        return {}
+    measured = {impl: raw for impl, raw in raws.items() if impl != "textbook" and "error" not in raw}
+    rates = {impl: raw["images_per_s"] for impl, raw in measured.items()}
+    if paired:
+        return {impl: turns.paired_ratio(values, reference) for impl, values in rates.items()}
+    return {impl: ratio(summary(values), summary(reference)) for impl, values in rates.items()}
 
 
 def run_fid(plan: Plan, device: Any) -> dict[str, Any]:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.turns import Turns
+
 EPOCH_IMAGES = 60_000
 
 
@@ -45,13 +47,23 @@ class Schedule:
 
 
 class _WindowObserver:
-    """Collects fit_vaegan's per-window throughput (its `images_per_s` log value)."""
+    """Collects fit_vaegan's per-window throughput (its `images_per_s` log value).
 
-    def __init__(self) -> None:
+    With `turns`, each window but the last ends by handing the token over; the loop's clock for the
+    next window is already running then, so the time spent waiting is taken out of that window."""
+
+    def __init__(self, schedule: Schedule, batch: int, turns: Turns | None = None) -> None:
         self.images_per_s: list[float] = []
+        self.window_images = schedule.window_steps * batch
+        self.windows = schedule.windows + schedule.warmup_windows
+        self.turns = turns
+        self.waited = 0.0  # seconds of the running window spent waiting for the token
 
     def on_log(self, step: int, values: dict[str, float]) -> None:
-        self.images_per_s.append(float(values["images_per_s"]))
+        seconds = self.window_images / float(values["images_per_s"]) - self.waited
+        self.images_per_s.append(self.window_images / seconds)
+        last = len(self.images_per_s) == self.windows
+        self.waited = self.turns.hand_over() if self.turns is not None and not last else 0.0
 
     def on_epoch(self, epoch: int, row: dict[str, Any], grids: dict[str, np.ndarray]) -> None:
         pass
@@ -70,8 +82,11 @@ def project_throughput(
     precision: str = "fp32",
     compile_model: bool = False,
     channels_last: bool = False,
+    turns: Turns | None = None,
 ) -> list[float]:
-    """Images/s of each timed window of `fit_vaegan` (the warm-up windows are dropped)."""
+    """Images/s of each timed window of `fit_vaegan` (the warm-up windows are dropped); with
+    `turns`, training starts when the token arrives and the token moves on after each window but
+    the last (the process passes it on by exiting)."""
     from vaegan.config import build_config
     from vaegan.nn.loop import fit_vaegan
 
@@ -92,7 +107,9 @@ def project_throughput(
             },
         }
     )
-    observer = _WindowObserver()
+    observer = _WindowObserver(schedule, batch, turns)
+    if turns is not None:
+        turns.wait()
     fit_vaegan(config=config, train_images=images, val_images=images[:1000], device=device, observer=observer)
     return observer.images_per_s[schedule.warmup_windows :]
 
@@ -103,9 +120,11 @@ def _sync(device: torch.device) -> None:
 
 
 def textbook_throughput(
-    *, preset: str, batch: int, images: np.ndarray, device: torch.device, schedule: Schedule
-) -> list[float]:
-    """Images/s of each timed window of the plain PyTorch loop described in the module docstring."""
+    *, preset: str, batch: int, images: np.ndarray, device: torch.device, schedule: Schedule,
+    turns: Turns | None = None,
+) -> list[float]:  # fmt: skip
+    """Images/s of each timed window of the plain PyTorch loop described in the module docstring;
+    with `turns`, each window is timed while this process holds the token."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from vaegan.nn.networks import build_model, model_args_for
@@ -154,6 +173,8 @@ def textbook_throughput(
 
     rates: list[float] = []
     steps_done = 0
+    if turns is not None:
+        turns.wait()
     window_start = time.perf_counter()
     while steps_done < schedule.total_steps:
         for (x,) in loader:
@@ -161,9 +182,10 @@ def textbook_throughput(
             steps_done += 1
             if steps_done % schedule.window_steps == 0:
                 _sync(device)
-                now = time.perf_counter()
-                rates.append(schedule.window_steps * batch / (now - window_start))
-                window_start = now
+                rates.append(schedule.window_steps * batch / (time.perf_counter() - window_start))
+                if turns is not None and steps_done < schedule.total_steps:
+                    turns.hand_over()
+                window_start = time.perf_counter()
             if steps_done == schedule.total_steps:
                 break
     return rates[schedule.warmup_windows :]
@@ -171,7 +193,7 @@ def textbook_throughput(
 
 def measure(
     *, impl: str, preset: str, batch: int, schedule: Schedule, device_name: str = "auto",
-    num_images: int = EPOCH_IMAGES,
+    num_images: int = EPOCH_IMAGES, turns: Turns | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run one implementation in this process; throughput windows and this process's peak memory."""
     from bench.data import real_images
@@ -186,7 +208,7 @@ def measure(
     started = time.perf_counter()
     if impl == "textbook":
         rates = textbook_throughput(
-            preset=preset, batch=batch, images=images, device=device, schedule=schedule
+            preset=preset, batch=batch, images=images, device=device, schedule=schedule, turns=turns
         )
     else:
         options = PROJECT_VARIANTS[impl]
@@ -195,8 +217,9 @@ def measure(
             "channels_last": options.get("channels_last", False), "data": "on the device",
         }  # fmt: skip
         rates = project_throughput(
-            preset=preset, batch=batch, images=images, device=device, schedule=schedule, **options
-        )
+            preset=preset, batch=batch, images=images, device=device, schedule=schedule, turns=turns,
+            **options,
+        )  # fmt: skip
     wall = time.perf_counter() - started
     return {
         "impl": impl,
@@ -214,6 +237,7 @@ def measure(
         ),
         "data": source,
         "settings": settings,
+        "took_turns": turns is not None,
     }
 
 
@@ -240,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--images", type=int, default=EPOCH_IMAGES, help="training images on the device")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument(
+        "--turn-fds", type=Turns.parse, default=None, metavar="IN,OUT",
+        help="take turns with other processes (bench.turns): read the token from IN, pass it to OUT",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -251,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         schedule=schedule,
         device_name=args.device,
         num_images=args.images,
+        turns=args.turn_fds,
     )
     sys.stdout.write(json.dumps(result) + "\n")
     return 0

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,98 @@ def test_summary_and_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ratio({"median": 6.0}, {"median": 4.0}) == 1.5
     with pytest.raises(ValueError):
         summary([])
+
+
+def test_paired_ratio_is_the_median_of_window_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    from bench.turns import paired_ratio
+
+    # window ratios 2, 2, 3 (median 2); the ratio of the medians would be 4 / 2 = 2 as well, and
+    # here 9 / 2 = 4.5 shows it is not: one fast window of one side does not move the paired figure
+    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
+    assert paired_ratio([3.0, 9.0], [1.0, 2.0]) == 3.75
+    with pytest.raises(ValueError, match="paired windows"):
+        paired_ratio([1.0, 2.0], [1.0])
+
+
+TURN_TAKER = """
+import sys, time
+from bench.turns import Turns
+name, windows, fds, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+turns = Turns.parse(fds)
+if windows < 0:
+    sys.exit(1)  # fails before taking its turn
+turns.wait()
+for k in range(windows):
+    with open(log, "a") as out:
+        out.write(f"{name} start {k}\\n")
+    time.sleep(0.02)  # another process writing now would land between start and end
+    with open(log, "a") as out:
+        out.write(f"{name} end {k}\\n")
+    if k < windows - 1:
+        turns.hand_over()
+"""
+
+
+def _turn_takers(tmp_path: Path, plan: list[tuple[str, int]]) -> tuple[list[int], list[str]]:
+    """Run TURN_TAKER processes (name, windows) in a ring; their exit codes and the window log."""
+    from bench import turns
+
+    log = tmp_path / "windows.log"
+    ends = turns.ring(len(plan))
+    procs = []
+    for (name, windows), (read_fd, write_fd) in zip(plan, ends, strict=True):
+        cmd = [sys.executable, "-c", TURN_TAKER, name, str(windows), f"{read_fd},{write_fd}", str(log)]
+        procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, pass_fds=(read_fd, write_fd)))
+    turns.start(ends)
+    codes = [proc.wait(timeout=60) for proc in procs]
+    return codes, log.read_text().splitlines() if log.exists() else []
+
+
+def test_processes_take_turns_window_by_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    codes, lines = _turn_takers(tmp_path, [("a", 3), ("b", 3), ("c", 3)])
+    assert codes == [0, 0, 0]
+    starts = [line.replace(" start ", "") for line in lines if " start " in line]
+    assert starts == ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
+    for start, end in zip(lines[::2], lines[1::2], strict=True):  # no window overlaps another
+        assert start.replace("start", "end") == end
+
+
+def test_a_failed_process_does_not_stall_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """b fails before its first window (-1 windows: TURN_TAKER exits 1): a and c still train all theirs."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    codes, lines = _turn_takers(tmp_path, [("a", 2), ("b", -1), ("c", 2)])
+    assert codes == [0, 1, 0]
+    assert sorted(line for line in lines if " end " in line) == ["a end 0", "a end 1", "c end 0", "c end 1"]
+
+
+def test_window_observer_takes_the_wait_for_the_token_out_of_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fit_vaegan's clock for a window starts before the observer hands the token over, so the
+    observer subtracts the wait; after the last window it keeps the token (the process exits)."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    from bench.training import Schedule, _WindowObserver
+    from bench.turns import Turns
+
+    token_in, to_me = os.pipe()
+    from_me, token_out = os.pipe()
+    threading.Timer(0.2, os.write, (to_me, b"tt")).start()  # the token comes back after 0.2 s
+    observer = _WindowObserver(
+        Schedule(window_steps=2, windows=2, warmup_windows=1), 8, Turns(token_in, token_out)
+    )
+    observer.on_log(2, {"images_per_s": 16 / 1.0})  # 16 images in 1.0 s, then 0.2 s waiting
+    waited = observer.waited
+    assert 0.19 < waited < 5
+    observer.on_log(4, {"images_per_s": 16 / 1.5})  # the loop's clock: 1.5 s, of which `waited` waiting
+    waited_again = observer.waited  # the second token was already there
+    observer.on_log(6, {"images_per_s": 16 / 1.0})  # the last window: no hand-over
+    assert observer.images_per_s[0] == pytest.approx(16.0)
+    assert observer.images_per_s[1] == pytest.approx(16 / (1.5 - waited))
+    assert observer.images_per_s[2] == pytest.approx(16 / (1.0 - waited_again))
+    assert waited_again < 0.19 and observer.waited == 0.0
+    assert os.read(from_me, 8) == b"tt"  # passed on twice, not after the last window
 
 
 def check_figure(figure: dict[str, Any], n: int | None = None) -> None:
@@ -90,9 +184,15 @@ def test_quick_bench_training(quick_result: tuple[dict[str, Any], str]) -> None:
         assert close(res["epoch_s"]["min"], 60_000 / res["images_per_s"]["max"])
         assert res["peak_rss_mib"] > 50
         assert res["steps"] == res["window_steps"] * (2 + res["warmup_windows"])
-        if impl != "textbook":
+        assert res["took_turns"] is (result["device_type"] == "cpu")
+        if impl == "textbook":
+            continue
+        if res["took_turns"]:  # window k of each implementation ran right after window k of the one before
+            pairs = zip(res["windows_images_per_s"], textbook["windows_images_per_s"], strict=True)
+            expected = float(np.median([a / b for a, b in pairs]))
+        else:
             expected = res["images_per_s"]["median"] / textbook["images_per_s"]["median"]
-            assert close(config["ratio"][impl], expected)
+        assert close(config["ratio"][impl], expected)
 
 
 @pytest.mark.slow
