@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.test_dvc_pipeline import dvc, git
 from vaegan.config import TrackingConfig
-from vaegan.tracking.store import tracking_uri
+from vaegan.tracking.store import tracking_uri, uri_in_effect
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = {
@@ -72,6 +72,20 @@ def test_relative_local_stores_are_anchored_at_dvc_root(
     assert tracking_uri(TrackingConfig(uri=uri)) == expected.replace("/work/repo", "")
     monkeypatch.setenv("DVC_ROOT", "/work/repo")
     assert tracking_uri(TrackingConfig(uri=uri)) == expected
+
+
+def test_an_explicit_uri_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--tracking-uri is what the user typed in their shell: even inside a DVC stage a relative store
+    is theirs, not DVC_ROOT's; without one, the params' URI goes through tracking_uri."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", "/work/repo")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = TrackingConfig(uri="sqlite:///mlflow.db")
+    assert uri_in_effect(tracking, "sqlite:///mine.db") == f"sqlite:///{Path.cwd() / 'mine.db'}"
+    assert uri_in_effect(tracking, "http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert uri_in_effect(tracking) == "sqlite:////work/repo/mlflow.db"
 
 
 def _runs_by_exp_name(repo: Path) -> dict[str, str]:

@@ -198,6 +198,14 @@ def test_split_pass_keeps_real_images_out_of_the_generator_backward_passes() -> 
     assert sum(_input_gradient_rows("fused")) == 2 * (3 * b)
 
 
+def test_an_unknown_d_pass_is_refused_not_run_as_split() -> None:
+    model = build_model(model_args_for("seed"))
+    x, noise = torch.rand(4, 1, 28, 28), torch.randn(4, 2)
+    settings = LossSettings(d_pass="joint")  # type: ignore[arg-type]  # what the config would refuse
+    with pytest.raises(ValueError, match="d_pass must be 'split' or 'fused', not 'joint'"):
+        vaegan_objectives(model.encoder, model.decoder, model.discriminator, x, noise, noise, settings)
+
+
 def test_encoder_gradient_ignores_the_gan_term_and_discriminator_ignores_llike() -> None:
     model, x, eps, z_prior = _setup()
     settings = LossSettings()

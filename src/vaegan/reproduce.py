@@ -52,7 +52,6 @@ from vaegan.reproduction.worktree import (
     worktree_python_path,
     write_params,
 )
-from vaegan.tracking.store import absolute_uri
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,6 @@ def reproduce_model(
     with mlflow_errors(f"read the registration {model_uri}"):
         record = read_record(client, config.registry, model_uri)
     repo = Path(repo_dir).resolve()
-    store_uri = absolute_uri(store_uri, Path.cwd())
     tracking = {
         "uri": store_uri,
         "experiment": f"{config.tracking.experiment}-reproduce",

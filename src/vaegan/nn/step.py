@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ class LossSettings:
     equilibrium: bool = False
     equilibrium_target: float = 0.68
     equilibrium_margin: float = 0.35
-    d_pass: str = "split"
+    d_pass: Literal["split", "fused"] = "split"
 
     @classmethod
     def from_config(cls, train: TrainConfig) -> LossSettings:
@@ -197,6 +198,8 @@ def discriminate(
     if d_pass == "fused":
         result: tuple[torch.Tensor, torch.Tensor] = discriminator(d_input)
         return result
+    if d_pass != "split":
+        raise ValueError(f"d_pass must be 'split' or 'fused', not {d_pass!r}")
     real_logits, real_features = discriminator(d_input[:batch].detach())
     fake_logits, fake_features = discriminator(d_input[batch:])
     return torch.cat([real_logits, fake_logits]), torch.cat([real_features, fake_features])

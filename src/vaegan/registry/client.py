@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from vaegan.config import RegistryConfig, TrackingConfig
 from vaegan.errors import RegistryError, first_line
 from vaegan.registry.gate import Candidate
-from vaegan.tracking.store import connect, ensure_experiment, tracking_uri
+from vaegan.tracking.store import connect, ensure_experiment, uri_in_effect
 
 ROLES = ("decoder", "encoder")
 CHALLENGER = "challenger"
@@ -32,7 +32,7 @@ def mlflow_errors(action: str) -> Iterator[None]:
 
 def connect_registry(tracking: TrackingConfig, uri: str | None = None) -> tuple[MlflowClient, str]:
     """A checked client and the URI in effect; an explicit `uri` beats MLFLOW_TRACKING_URI and params."""
-    uri = uri or tracking_uri(tracking)
+    uri = uri_in_effect(tracking, uri)
     return connect(tracking, uri), uri
 
 

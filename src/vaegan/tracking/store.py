@@ -66,6 +66,12 @@ def tracking_uri(tracking: TrackingConfig) -> str:
     return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri)
 
 
+def uri_in_effect(tracking: TrackingConfig, uri: str | None = None) -> str:
+    """An explicit `uri` (a command line's --tracking-uri: a relative local store is relative to the
+    working directory, as the user typed it there), else `tracking_uri`; absolute either way."""
+    return absolute_uri(uri, Path.cwd()) if uri else tracking_uri(tracking)
+
+
 def dvc_experiment_tags() -> dict[str, str]:
     """Tags that tie an MLflow run to the DVC experiment running it (empty outside `dvc exp run`)."""
     names = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
@@ -103,7 +109,7 @@ def _probe_server(uri: str, timeout_s: float = 10.0) -> None:
 def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
     """An MlflowClient for `uri` (default: the tracking URI in effect), checked to answer; sets
     mlflow's global tracking and registry URIs."""
-    uri = uri or tracking_uri(tracking)
+    uri = uri_in_effect(tracking, uri)
     _check_uri(uri)
     if _scheme(uri) in ("http", "https"):
         _probe_server(uri)
