@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= quick
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
+# no usage telemetry from the servers the targets start (pipelines/__init__.py says why)
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run repro check-champion reproduce test test-slow test-all lint format bench serve ui lock clean

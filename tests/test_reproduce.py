@@ -9,6 +9,7 @@ import gzip
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -335,3 +336,19 @@ def test_the_worktree_shares_the_cache_remotes_and_credentials(tmp_path: Path) -
     )  # where the repository's remote is, not beside the worktree
     assert "access_key_id = AKIA-TEST" in config
     assert not worktree.exists() and _git(repo, "worktree", "list").count("\n") == 1
+
+
+@pytest.mark.parametrize("preset", [None, "true"])
+def test_the_flows_switch_telemetry_off_unless_the_user_set_it(preset: str | None) -> None:
+    """Importing `pipelines` sets PREFECT_SERVER_ANALYTICS_ENABLED=false and MLFLOW_DISABLE_TELEMETRY=true
+    for the flow and the servers and stages it starts; a value the user exported stays."""
+    telemetry = ("PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY")
+    env = {k: v for k, v in os.environ.items() if k not in telemetry}
+    if preset is not None:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = preset
+    code = "import os, pipelines; print(*(os.environ[name] for name in pipelines.TELEMETRY_OFF))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [preset or "false", "true"]
