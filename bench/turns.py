@@ -37,11 +37,9 @@ class Turns:
         read_fd, write_fd = (int(part) for part in text.split(","))
         return cls(read_fd, write_fd)
 
-    def wait(self) -> float:
-        """Block until the token or end-of-file (the process before has exited) arrives; seconds waited."""
-        started = time.perf_counter()
+    def wait(self) -> None:
+        """Block until the token or end-of-file (the process before has exited) arrives."""
         os.read(self.read_fd, 1)
-        return time.perf_counter() - started
 
     def pass_on(self) -> None:
         """Hand the token to the next process (which may have exited: then nobody is waiting)."""
