@@ -74,7 +74,7 @@ def plan_for(quick: bool, device_type: str) -> Plan:
             orchestration_repeats=2, impls=impls, take_turns=not cuda,
         )  # fmt: skip
     if cuda:
-        schedules = {64: (50, 5, 2), 256: (50, 5, 2), 1024: (25, 5, 2)}
+        schedules = {64: (100, 5, 1), 256: (100, 5, 1), 1024: (100, 5, 1)}  # windows of 0.3 s and more
         calls = {1: 300, 256: 100}
     else:
         schedules = {64: (16, 8, 1), 256: (4, 8, 1), 1024: (1, 8, 1)}  # 1,024 images a window
@@ -136,8 +136,8 @@ def _train_command(plan: Plan, preset: str, batch: int, impl: str) -> list[str]:
 def _train_result(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
     """A `python -m bench.training` process's JSON line, or {"error": ...}."""
     if returncode != 0:
-        tail = (stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exited {returncode}: {tail}"}
+        lines = stderr.strip().splitlines() or ["no output"]
+        return {"error": f"exited {returncode}: {lines[-1]}", "stderr_tail": lines[-40:]}
     raw: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return raw
 
@@ -185,7 +185,7 @@ def run_training(plan: Plan) -> dict[str, Any]:
             results: dict[str, Any] = {}
             for impl, raw in raws.items():
                 if "error" in raw:
-                    results[impl] = skipped(raw["error"])
+                    results[impl] = {**skipped(raw["error"]), "stderr_tail": raw["stderr_tail"]}
                     continue
                 rates = raw["images_per_s"]
                 results[impl] = {

@@ -21,7 +21,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,64 @@ class _WindowObserver:
         pass
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the project's loop: `train.*` params, plus backend switches that are not (yet)
+    params and that the bench measures before any of them becomes one."""
+
+    train: dict[str, Any] = field(default_factory=dict)
+    cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark: cuDNN times its algorithms once
+    cudagraphs: bool = False  # inductor's CUDA graphs (what torch.compile's "reduce-overhead" turns on)
+
+    def settings(self) -> dict[str, Any]:
+        """What the JSON records of this variant."""
+        return {
+            "precision": self.train.get("precision", "fp32"), "compile": self.train.get("compile", False),
+            "channels_last": self.train.get("channels_last", False),
+            "d_pass": self.train.get("d_pass", "params default"), "cudnn_benchmark": self.cudnn_benchmark,
+            "cudagraphs": self.cudagraphs, "data": "on the device",
+        }  # fmt: skip
+
+
+def variant_config(
+    variant: Variant, *, preset: str, batch: int, device: torch.device, schedule: Schedule
+) -> Any:
+    """The `vaegan.config.Config` the bench trains with: the preset, `schedule.total_steps` steps logged
+    once a window, no checkpoints, the variant's train.* params."""
+    from vaegan.config import build_config
+
+    train = {
+        "batch_size": batch, "epochs": 1000, "max_steps": schedule.total_steps,
+        "log_every": schedule.window_steps, "checkpoint_every": schedule.total_steps + 1,
+        "device": device.type, "resume": "never", **variant.train,
+    }  # fmt: skip
+    return build_config({"model": {"preset": preset}, "train": train})
+
+
+def apply_backend(variant: Variant) -> None:
+    """Set the variant's backend switches in this process (each implementation has its own)."""
+    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+    if variant.cudagraphs:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.triton.cudagraphs = True
+        _mark_each_step()
+
+
+def _mark_each_step() -> None:
+    """CUDA graph trees need to know where a step begins (outputs of the last replay are
+    overwritten by the next): wrap the loop's `train_step` so that each step marks it."""
+    import vaegan.nn.loop as loop
+
+    step = loop.train_step
+
+    def marked(*args: Any, **kwargs: Any) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return step(*args, **kwargs)
+
+    loop.train_step = marked
+
+
 def project_throughput(
     *,
     preset: str,
@@ -79,34 +137,16 @@ def project_throughput(
     images: np.ndarray,
     device: torch.device,
     schedule: Schedule,
-    precision: str = "fp32",
-    compile_model: bool = False,
-    channels_last: bool = False,
+    variant: Variant,
     turns: Turns | None = None,
 ) -> list[float]:
     """Images/s of each timed window of `fit_vaegan` (the warm-up windows are dropped); with
     `turns`, training starts when the token arrives and the token moves on after each window but
     the last (the process passes it on by exiting)."""
-    from vaegan.config import build_config
     from vaegan.nn.loop import fit_vaegan
 
-    config = build_config(
-        {
-            "model": {"preset": preset},
-            "train": {
-                "batch_size": batch,
-                "epochs": 1000,
-                "max_steps": schedule.total_steps,
-                "log_every": schedule.window_steps,
-                "checkpoint_every": schedule.total_steps + 1,
-                "device": device.type,
-                "precision": precision,
-                "compile": compile_model,
-                "channels_last": channels_last,
-                "resume": "never",
-            },
-        }
-    )
+    config = variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
+    apply_backend(variant)
     observer = _WindowObserver(schedule, batch, turns)
     if turns is not None:
         turns.wait()
@@ -211,14 +251,11 @@ def measure(
             preset=preset, batch=batch, images=images, device=device, schedule=schedule, turns=turns
         )
     else:
-        options = PROJECT_VARIANTS[impl]
-        settings = {
-            "precision": options.get("precision", "fp32"), "compile": options.get("compile_model", False),
-            "channels_last": options.get("channels_last", False), "data": "on the device",
-        }  # fmt: skip
+        variant = PROJECT_VARIANTS[impl]
+        settings = variant.settings()
         rates = project_throughput(
             preset=preset, batch=batch, images=images, device=device, schedule=schedule, turns=turns,
-            **options,
+            variant=variant,
         )  # fmt: skip
     wall = time.perf_counter() - started
     return {
@@ -242,13 +279,21 @@ def measure(
 
 
 # The project's settings per variant; `project` is what a run on this device uses by default.
-PROJECT_VARIANTS: dict[str, dict[str, Any]] = {
-    "project": {},  # params.yaml's settings: fp32, eager
-    "project_bf16": {"precision": "bf16"},
-    "project_bf16_cl": {"precision": "bf16", "channels_last": True},  # the CPU's fast mode
-    "project_compiled": {"compile_model": True},
-    "project_bf16_compiled": {"precision": "bf16", "compile_model": True},
-    "project_bf16_compiled_cl": {"precision": "bf16", "compile_model": True, "channels_last": True},
+_BF16 = {"precision": "bf16"}
+_BF16_COMPILED = {"precision": "bf16", "compile": True}
+PROJECT_VARIANTS: dict[str, Variant] = {
+    "project": Variant(),  # params.yaml's settings: fp32, eager
+    "project_bf16": Variant(_BF16),
+    "project_bf16_cl": Variant({**_BF16, "channels_last": True}),  # the CPU's fast mode
+    "project_compiled": Variant({"compile": True}),
+    "project_bf16_compiled": Variant(_BF16_COMPILED),
+    "project_bf16_compiled_cl": Variant({**_BF16_COMPILED, "channels_last": True}),
+    # GPU levers (session 9): D in one call, cuDNN autotuning, CUDA graphs of the compiled networks
+    "project_bf16_fused": Variant({**_BF16, "d_pass": "fused"}),
+    "project_bf16_cudnn": Variant(_BF16, cudnn_benchmark=True),
+    "project_bf16_fused_cudnn": Variant({**_BF16, "d_pass": "fused"}, cudnn_benchmark=True),
+    "project_bf16_compiled_cudnn": Variant(_BF16_COMPILED, cudnn_benchmark=True),
+    "project_bf16_compiled_graphs": Variant(_BF16_COMPILED, cudnn_benchmark=True, cudagraphs=True),
 }
 
 

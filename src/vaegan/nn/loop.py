@@ -405,6 +405,10 @@ class Networks:
 
 
 def _compiled(module: nn.Module) -> nn.Module:
+    """`torch.compile(module)`. The step's backward passes retain the graph (`backward_passes`), which
+    AOTAutograd's donated buffers forbid ("compiled with non-empty donated buffers ... requires
+    retain_graph=False", raised at the first step): they are switched off for the process."""
+    torch._functorch.config.donated_buffer = False
     compiled: nn.Module = torch.compile(module)  # type: ignore[assignment]
     return compiled
 

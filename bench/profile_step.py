@@ -1,0 +1,124 @@
+"""Where a training step's time goes: `python -m bench.profile_step --preset default --batch 1024
+--impl project_bf16 [--device cuda] [--out FILE.json]`.
+
+Builds the networks, optimizers and batches exactly as `fit_vaegan` does (the loop's own `Networks`,
+`step_modules`, `Batches`, `train_step`), runs `--warmup` steps, times `--steps` steps without the
+profiler, then the same number under `torch.profiler`. Prints the operators by self time on the
+device that did the work and writes JSON: wall ms per step, and on a GPU the kernel time and kernel
+count per step; a step whose wall time is far above its kernel time is bound by launches, not by the
+GPU's arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from bench.training import PROJECT_VARIANTS, Schedule, apply_backend, variant_config
+
+TOP_OPS = 25
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_step(
+    *, impl: str, preset: str, batch: int, device: torch.device, warmup: int, steps: int, images: int
+) -> dict[str, Any]:
+    """Per-step wall time, device time and the top operators of `impl`'s training step."""
+    from bench.data import real_images
+    from vaegan.nn.devices import autocast_factory
+    from vaegan.nn.distributed import Distributed
+    from vaegan.nn.loop import Batches, Networks, Plan, step_modules, train_step
+
+    variant = PROJECT_VARIANTS[impl]
+    schedule = Schedule(steps, 2, 1)
+    config = variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
+    apply_backend(variant)
+    train_images, source = real_images("train", images)
+    ctx = Distributed()
+    plan = Plan.of(config, len(train_images), ctx, {})
+    nets = Networks.build(config, device, None)
+    modules = step_modules(nets, plan, ctx, device)
+    autocast = autocast_factory(device, config.train.precision)
+    batches = Batches.on_device(train_images, plan, nets.model.args.latent_dim, device)
+
+    def run(first: int, count: int) -> float:
+        started = time.perf_counter()
+        for step in range(first, first + count):
+            x, eps, z_prior, augment = batches.batch(step)
+            train_step(modules, x, eps, z_prior, plan.settings, autocast, augment=augment)
+        _sync(device)
+        return time.perf_counter() - started
+
+    run(0, warmup)
+    wall = run(warmup, steps)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        profiled_wall = run(warmup + steps, steps)
+    on_gpu = device.type == "cuda"
+    averages = prof.key_averages()
+    key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    top = sorted(averages, key=lambda op: getattr(op, key), reverse=True)[:TOP_OPS]
+    print(averages.table(sort_by=key, row_limit=TOP_OPS), flush=True)
+
+    def ms_per_step(op: Any) -> float:
+        return float(getattr(op, key)) / 1000 / steps
+
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    result: dict[str, Any] = {
+        "impl": impl, "preset": preset, "batch": batch, "device": str(device), "data": source,
+        "settings": variant.settings(), "warmup_steps": warmup, "steps": steps,
+        "wall_ms_per_step": 1000 * wall / steps, "profiled_wall_ms_per_step": 1000 * profiled_wall / steps,
+        "images_per_s": batch * steps / wall,
+        "kernels_per_step": len(kernels) / steps if on_gpu else None,
+        "kernel_ms_per_step": sum(e.device_time for e in kernels) / 1000 / steps if on_gpu else None,
+        "top_ops": [
+            {"name": op.key, "calls_per_step": op.count / steps, "self_ms_per_step": ms_per_step(op)}
+            for op in top
+        ],
+    }  # fmt: skip
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", default="project", choices=sorted(PROJECT_VARIANTS))
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compiling, autotuning)")
+    parser.add_argument("--steps", type=int, default=20, help="steps timed, then as many profiled")
+    parser.add_argument("--images", type=int, default=10_000, help="training images on the device")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON here as well")
+    args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1")
+    from vaegan.nn.devices import select_device
+
+    result = profile_step(
+        impl=args.impl, preset=args.preset, batch=args.batch, device=select_device(args.device),
+        warmup=args.warmup, steps=args.steps, images=args.images,
+    )  # fmt: skip
+    text = json.dumps(result, indent=1)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    keys = ("wall_ms_per_step", "kernel_ms_per_step", "kernels_per_step", "images_per_s")
+    summary = {key: result[key] for key in keys}
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
