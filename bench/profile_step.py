@@ -2,7 +2,7 @@
 --impl project_bf16 [--device cuda] [--out FILE.json]`.
 
 Builds the networks, optimizers and batches exactly as `fit_vaegan` does (the loop's own `Networks`,
-`step_modules`, `Batches`, `train_step`), runs `--warmup` steps, times `--steps` steps without the
+`step_modules`, `Batches`, `step_function`), runs `--warmup` steps, times `--steps` steps without the
 profiler, then the same number under `torch.profiler`. Prints the operators by self time on the
 device that did the work and writes JSON: wall ms per step, and on a GPU the kernel time and kernel
 count per step; a step whose wall time is far above its kernel time is bound by launches, not by the
@@ -39,7 +39,7 @@ def profile_step(
     from bench.data import real_images
     from vaegan.nn.devices import autocast_factory
     from vaegan.nn.distributed import Distributed
-    from vaegan.nn.loop import Batches, Networks, Plan, step_modules, train_step
+    from vaegan.nn.loop import Batches, Networks, Plan, step_function, step_modules
 
     variant = PROJECT_VARIANTS[impl]
     schedule = Schedule(steps, 2, 1)
@@ -52,12 +52,12 @@ def profile_step(
     modules = step_modules(nets, plan, ctx, device)
     autocast = autocast_factory(device, config.train.precision)
     batches = Batches.on_device(train_images, plan, nets.model.args.latent_dim, device)
+    step_fn = step_function(modules, plan, autocast, None, device, ctx)
 
     def run(first: int, count: int) -> float:
         started = time.perf_counter()
         for step in range(first, first + count):
-            x, eps, z_prior, augment = batches.batch(step)
-            train_step(modules, x, eps, z_prior, plan.settings, autocast, augment=augment)
+            step_fn(*batches.batch(step))
         _sync(device)
         return time.perf_counter() - started
 

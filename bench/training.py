@@ -87,7 +87,8 @@ class Variant:
             "precision": self.train.get("precision", "fp32"), "compile": self.train.get("compile", False),
             "channels_last": self.train.get("channels_last", False),
             "d_pass": self.train.get("d_pass", "params default"), "cudnn_benchmark": self.cudnn_benchmark,
-            "cudagraphs": self.cudagraphs, "data": "on the device",
+            "cudagraphs": self.cudagraphs, "cuda_graph": self.train.get("cuda_graph", False),
+            "data": "on the device",
         }  # fmt: skip
 
 
@@ -294,6 +295,10 @@ PROJECT_VARIANTS: dict[str, Variant] = {
     "project_bf16_fused_cudnn": Variant({**_BF16, "d_pass": "fused"}, cudnn_benchmark=True),
     "project_bf16_compiled_cudnn": Variant(_BF16_COMPILED, cudnn_benchmark=True),
     "project_bf16_compiled_graphs": Variant(_BF16_COMPILED, cudnn_benchmark=True, cudagraphs=True),
+    # the whole step as one CUDA graph (train.cuda_graph)
+    "project_graph": Variant({"cuda_graph": True}),
+    "project_bf16_graph": Variant({**_BF16, "cuda_graph": True}),
+    "project_bf16_fused_graph": Variant({**_BF16, "d_pass": "fused", "cuda_graph": True}),
 }
 
 

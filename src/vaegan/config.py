@@ -109,6 +109,9 @@ class TrainConfig:
     # bf16 autocast where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs); auto = bf16 there.
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     compile: bool = False
+    # CUDA only: capture the whole training step (forward, backward passes, Adam) as one CUDA graph
+    # and replay it every step (vaegan.nn.cuda_graph); one process, without compile/augment/equilibrium.
+    cuda_graph: bool = False
     channels_last: bool = True
     checkpoint_every: int = _range(200, ge=1)
     # auto: resume checkpoint_dir/last.pt when its params match; never: always start fresh.
@@ -326,7 +329,16 @@ def build_config(raw: Any) -> Config:
 
 
 def _check_cross_field(config: Config) -> None:
-    evaluate = config.evaluate
+    train, evaluate = config.train, config.evaluate
+    if train.cuda_graph:
+        clashes = {"train.compile": train.compile, "train.equilibrium": train.equilibrium}
+        clashes["train.augment"] = train.augment != "none"
+        named = [key for key, on in clashes.items() if on]
+        if named:
+            raise ConfigError(
+                f"train.cuda_graph: cannot be combined with {', '.join(named)} (the captured step "
+                "has no host syncs, no compiled modules and no augmentation); turn one of them off"
+            )
     if evaluate.precision_recall_k >= evaluate.num_samples:
         raise ConfigError(
             f"evaluate.precision_recall_k: {evaluate.precision_recall_k} must be smaller than "

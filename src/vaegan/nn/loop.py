@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from vaegan.config import Config
 from vaegan.errors import ConfigError, TrainingError
 from vaegan.nn import augment as aug
 from vaegan.nn import distributed
+from vaegan.nn.cuda_graph import GraphedStep, check_graphable
 from vaegan.nn.devices import autocast_factory, deterministic_algorithms, resolve_precision
 from vaegan.nn.distributed import Distributed
 from vaegan.nn.networks import VAEGAN, ModelArgs, build_model, model_args_for
@@ -119,14 +121,12 @@ def fit_vaegan(
     batches = Batches.on_device(train_images, plan, latent_dim, device)
     validation = Validation.on_device(val_images, train.seed, latent_dim, device)
     report = Reporter(observer, ctx.is_main, plan, run.step, progress)
+    step = step_function(modules, plan, autocast, average, device, ctx)
 
     run.start_clocks()
     with deterministic_algorithms(device.type == "cpu"):
         while run.step < plan.total_steps:
-            x, eps, z_prior, d_augment = batches.batch(run.step)
-            metrics = train_step(
-                modules, x, eps, z_prior, plan.settings, autocast, average=average, augment=d_augment
-            )
+            metrics = step(*batches.batch(run.step))
             if nets.ema is not None:
                 nets.ema.update_parameters(nets.model.decoder)
             run.count_step(metrics, plan.images_per_step)
@@ -300,19 +300,22 @@ def decoder_ema(model: VAEGAN, decay: float, resume: dict[str, Any] | None) -> A
     return ema
 
 
-def _optimizers(model: VAEGAN, config: Config) -> dict[str, torch.optim.Optimizer]:
+def adam_optimizers(model: VAEGAN, config: Config, device: torch.device) -> dict[str, torch.optim.Optimizer]:
     """Adam per network, with PyTorch's fused kernel (one vectorised pass over all of a network's
-    parameters; the per-tensor loop took 13% of a default-preset step on CPU)."""
+    parameters; the per-tensor loop took 13% of a default-preset step on CPU). Under
+    `train.cuda_graph` the kernels are capturable and read their learning rate from a tensor on
+    `device`, which the lr schedule updates in place (a float would be frozen into the graph)."""
     train = config.train
-    betas = (train.beta1, train.beta2)
-    optimizers: dict[str, torch.optim.Optimizer] = {
-        "encoder": torch.optim.Adam(model.encoder.parameters(), lr=train.lr, betas=betas, fused=True),
-        "decoder": torch.optim.Adam(model.decoder.parameters(), lr=train.lr, betas=betas, fused=True),
-    }
+    graphed = train.cuda_graph
+
+    def adam(module: nn.Module, lr: float) -> torch.optim.Optimizer:
+        rate: float | torch.Tensor = torch.tensor(lr, device=device) if graphed else lr
+        betas = (train.beta1, train.beta2)
+        return torch.optim.Adam(module.parameters(), lr=rate, betas=betas, fused=True, capturable=graphed)
+
+    optimizers = {"encoder": adam(model.encoder, train.lr), "decoder": adam(model.decoder, train.lr)}
     if train.objective == "vaegan":
-        optimizers["discriminator"] = torch.optim.Adam(
-            model.discriminator.parameters(), lr=train.lr_discriminator, betas=betas, fused=True
-        )
+        optimizers["discriminator"] = adam(model.discriminator, train.lr_discriminator)
     return optimizers
 
 
@@ -366,7 +369,7 @@ class Networks:
         train = config.train
         args = model_args_for(config.model.preset, config.model.latent_dim, config.model.spectral_norm)
         model = initial_model(args, train.seed)
-        optimizers = _optimizers(model, config)
+        optimizers = adam_optimizers(model, config, device)
         schedulers = {
             name: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=train.lr_decay)
             for name, opt in optimizers.items()
@@ -411,6 +414,32 @@ def _compiled(module: nn.Module) -> nn.Module:
     torch._functorch.config.donated_buffer = False
     compiled: nn.Module = torch.compile(module)  # type: ignore[assignment]
     return compiled
+
+
+StepFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, aug.AugmentParams | None], torch.Tensor]
+
+
+def step_function(
+    modules: StepModules,
+    plan: Plan,
+    autocast: Callable[[], AbstractContextManager[object]],
+    average: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device,
+    ctx: Distributed,
+) -> StepFunction:
+    """(x, eps, z_prior, augment) -> the step's metrics: `train_step` itself, or its CUDA graph
+    under `train.cuda_graph` (vaegan.nn.cuda_graph)."""
+    if plan.config.train.cuda_graph:
+        check_graphable(device, ctx.world_size)
+        graphed = GraphedStep(modules, plan.settings, autocast)
+        return lambda x, eps, z_prior, augment: graphed(x, eps, z_prior)
+
+    def eager(
+        x: torch.Tensor, eps: torch.Tensor, z_prior: torch.Tensor, augment: aug.AugmentParams | None
+    ) -> torch.Tensor:
+        return train_step(modules, x, eps, z_prior, plan.settings, autocast, average=average, augment=augment)
+
+    return eager
 
 
 def step_modules(nets: Networks, plan: Plan, ctx: Distributed, device: torch.device) -> StepModules:
