@@ -16,7 +16,7 @@ import torch
 from bench.data import real_images
 from vaegan.config import Config, build_config
 from vaegan.errors import ConfigError
-from vaegan.nn.loop import TrainResult, fit_vaegan, initial_model
+from vaegan.nn.loop import TrainResult, adam_optimizers, fit_vaegan, graph_ready_groups, initial_model
 from vaegan.nn.networks import model_args_for
 
 
@@ -56,6 +56,28 @@ def test_cuda_graph_on_a_cpu_run_stops_before_any_step(tmp_path: Path) -> None:
     config = _config(tmp_path, cuda_graph=True, device="cpu")
     with pytest.raises(ConfigError, match="train.cuda_graph: needs a CUDA device; this run trains on cpu"):
         _train(config, "cpu")
+
+
+def test_adam_is_capturable_with_a_tensor_lr_only_under_cuda_graph_and_resumes_either_way(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's param groups replace the optimizer's own on load: a run resumed with
+    train.cuda_graph switched either way gets the groups this run needs (lr 3e-4 after decay)."""
+    device = torch.device("cpu")
+    model = initial_model(model_args_for("seed"), 0)
+    plain = adam_optimizers(model, _config(tmp_path), device)["encoder"]
+    graphed = adam_optimizers(model, _config(tmp_path, cuda_graph=True), device)["discriminator"]
+    assert plain.param_groups[0]["lr"] == 3e-4 and plain.param_groups[0]["capturable"] is False
+    lr = graphed.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(3e-4)
+    assert graphed.param_groups[0]["capturable"] is True
+
+    plain.load_state_dict(graphed.state_dict())  # a graphed run's checkpoint, resumed without the graph
+    graph_ready_groups(plain, False, device)
+    assert plain.param_groups[0]["lr"] == pytest.approx(3e-4) and plain.param_groups[0]["capturable"] is False
+    assert not isinstance(plain.param_groups[0]["lr"], torch.Tensor)
+    graph_ready_groups(plain, True, device)  # and the other way round
+    assert isinstance(plain.param_groups[0]["lr"], torch.Tensor) and plain.param_groups[0]["capturable"]
 
 
 def _weights(result: TrainResult) -> dict[str, torch.Tensor]:

@@ -319,6 +319,16 @@ def adam_optimizers(model: VAEGAN, config: Config, device: torch.device) -> dict
     return optimizers
 
 
+def graph_ready_groups(optimizer: torch.optim.Optimizer, graphed: bool, device: torch.device) -> None:
+    """Make loaded param groups fit this run: `load_state_dict` takes `lr` and `capturable` from the
+    checkpoint, and a run resumed with `train.cuda_graph` toggled needs them as `adam_optimizers`
+    makes them (a float lr inside a captured step would never see the lr schedule again)."""
+    for group in optimizer.param_groups:
+        lr = float(group["lr"])
+        group["lr"] = torch.tensor(lr, device=device) if graphed else lr
+        group["capturable"] = graphed
+
+
 @dataclass(frozen=True)
 class Plan:
     """The fixed facts of a run: its config, objectives, step budget and place among the ranks."""
@@ -386,6 +396,7 @@ class Networks:
             saved = resume["state"]
             for name, opt in optimizers.items():
                 opt.load_state_dict(saved["optimizers"][name])
+                graph_ready_groups(opt, train.cuda_graph, device)
             for name, sched in schedulers.items():
                 sched.load_state_dict(saved["schedulers"][name])
         return cls(model, ema, optimizers, schedulers)

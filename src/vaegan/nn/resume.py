@@ -34,6 +34,7 @@ RESUME_IGNORED = frozenset(
         "max_steps",
         "device",  # resuming on another device continues training, but not bit for bit
         "compile",
+        "cuda_graph",  # the same step, launched as one replayed graph
         "channels_last",
         "checkpoint_every",
         "log_every",
