@@ -271,3 +271,16 @@ def test_decoder_ema_is_the_final_decoder_and_resumes_exactly(
     two = tmp_path / "two"
     assert train(write_params(tiny_config, two, train={"ema_decay": 0.9, "epochs": 2})) == 0
     assert_equal_weights(state_dicts(one / "vaegan.pt"), state_dicts(two / "vaegan.pt"))
+
+
+def test_cuda_graph_on_a_cpu_is_refused_before_any_run_is_opened(
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = write_params(tiny_config, tmp_path)
+    code = train(params, "train.cuda_graph=true", "train.device=cpu")
+    assert code == 2
+    assert "train.cuda_graph: needs a CUDA device; this run trains on cpu" in capsys.readouterr().err
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("vaegan") is None
+    assert {path.name for path in tmp_path.iterdir()} - {"mlflow.db"} == {"params.yaml"}  # nothing written

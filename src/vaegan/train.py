@@ -33,6 +33,7 @@ from vaegan.config import Config
 from vaegan.data.splits import data_sha256, load_split
 from vaegan.errors import CheckpointError, TrainingError
 from vaegan.nn import distributed
+from vaegan.nn.cuda_graph import check_graphable
 from vaegan.nn.devices import select_device, training_environment
 from vaegan.nn.distributed import Distributed
 from vaegan.nn.latent_prior import fit_trained_prior
@@ -119,6 +120,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
     """`vaegan train`: resume or start, train, write the model, metrics and history (rank 0)."""
     ctx = distributed.environment()
     device = select_device(config.train.device, ctx.local_rank)
+    if config.train.cuda_graph:  # before a process group or an MLflow run is opened
+        check_graphable(device, ctx.world_size)
     distributed.init_process_group(ctx, device)
     try:
         return _run(config, ctx, device)
