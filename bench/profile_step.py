@@ -104,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
+    from vaegan.errors import ConfigError
     from vaegan.nn.devices import select_device
 
-    result = profile_step(
-        impl=args.impl, preset=args.preset, batch=args.batch, device=select_device(args.device),
-        warmup=args.warmup, steps=args.steps, images=args.images,
-    )  # fmt: skip
+    try:
+        result = profile_step(
+            impl=args.impl, preset=args.preset, batch=args.batch, device=select_device(args.device),
+            warmup=args.warmup, steps=args.steps, images=args.images,
+        )  # fmt: skip
+    except ConfigError as error:  # a variant this device cannot run (e.g. a CUDA graph on a CPU)
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     text = json.dumps(result, indent=1)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -365,3 +365,42 @@ def test_quality_screen_scores_every_variant_and_seed(
     with np.load(out / "samples.npz") as samples:
         assert sorted(samples.files) == ["base-s0", "base-s1", "cutout-s0", "cutout-s1"]
         assert samples["base-s0"].shape == (100, 28, 28) and samples["base-s0"].dtype == np.uint8
+
+
+def _profile_step(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")])}
+    cmd = [sys.executable, "-m", "bench.profile_step", *args]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_step_profile_times_the_loop_step_and_names_where_the_time_went(tmp_path: Path) -> None:
+    """`python -m bench.profile_step` on CPU: the timed steps give the images/s, the profiled ones the
+    top operators (the convolutions' backward among them); kernel figures exist only on a GPU."""
+    out = tmp_path / "profile.json"
+    done = _profile_step(
+        "--impl", "project_bf16_cl", "--preset", "seed", "--batch", "16", "--warmup", "1", "--steps", "2",
+        "--images", "256", "--device", "cpu", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    summary_keys = ("wall_ms_per_step", "kernel_ms_per_step", "kernels_per_step", "images_per_s")
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {key: result[key] for key in summary_keys}
+    assert (result["impl"], result["preset"], result["batch"], result["steps"]) == (
+        "project_bf16_cl", "seed", 16, 2,
+    )  # fmt: skip
+    assert result["settings"]["precision"] == "bf16" and result["settings"]["channels_last"] is True
+    assert result["images_per_s"] == pytest.approx(16 * 1000 / result["wall_ms_per_step"])
+    assert result["kernel_ms_per_step"] is None and result["kernels_per_step"] is None
+    names = [op["name"] for op in result["top_ops"]]
+    assert "aten::convolution_backward" in names
+    assert all(op["self_ms_per_step"] > 0 and op["calls_per_step"] > 0 for op in result["top_ops"])
+
+
+def test_step_profile_refuses_a_cuda_graph_on_a_cpu() -> None:
+    done = _profile_step("--impl", "project_bf16_graph", "--device", "cpu")
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("error: train.cuda_graph: needs a CUDA device; this run trains on cpu")
+    )
