@@ -78,7 +78,7 @@ def profile_step(
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     result: dict[str, Any] = {
         "impl": impl, "preset": preset, "batch": batch, "device": str(device), "data": source,
-        "settings": variant.settings(), "warmup_steps": warmup, "steps": steps,
+        "settings": variant.settings(config), "warmup_steps": warmup, "steps": steps,
         "wall_ms_per_step": 1000 * wall / steps, "profiled_wall_ms_per_step": 1000 * profiled_wall / steps,
         "images_per_s": batch * steps / wall,
         "kernels_per_step": len(kernels) / steps if on_gpu else None,

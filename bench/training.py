@@ -81,14 +81,13 @@ class Variant:
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark: cuDNN times its algorithms once
     cudagraphs: bool = False  # inductor's CUDA graphs (what torch.compile's "reduce-overhead" turns on)
 
-    def settings(self) -> dict[str, Any]:
-        """What the JSON records of this variant."""
+    def settings(self, config: Any) -> dict[str, Any]:
+        """What the JSON records of this variant: the train.* values `config` (its config) ran with."""
+        train = config.train
         return {
-            "precision": self.train.get("precision", "fp32"), "compile": self.train.get("compile", False),
-            "channels_last": self.train.get("channels_last", False),
-            "d_pass": self.train.get("d_pass", "params default"), "cudnn_benchmark": self.cudnn_benchmark,
-            "cudagraphs": self.cudagraphs, "cuda_graph": self.train.get("cuda_graph", False),
-            "data": "on the device",
+            "precision": train.precision, "compile": train.compile, "channels_last": train.channels_last,
+            "d_pass": train.d_pass, "cuda_graph": train.cuda_graph, "cudnn_benchmark": self.cudnn_benchmark,
+            "cudagraphs": self.cudagraphs, "data": "on the device",
         }  # fmt: skip
 
 
@@ -253,7 +252,9 @@ def measure(
         )
     else:
         variant = PROJECT_VARIANTS[impl]
-        settings = variant.settings()
+        settings = variant.settings(
+            variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
+        )
         rates = project_throughput(
             preset=preset, batch=batch, images=images, device=device, schedule=schedule, turns=turns,
             variant=variant,
@@ -279,26 +280,30 @@ def measure(
     }
 
 
-# The project's settings per variant; `project` is what a run on this device uses by default.
-_BF16 = {"precision": "bf16"}
-_BF16_COMPILED = {"precision": "bf16", "compile": True}
+# The project's settings per variant. Each names its memory format: the config's default is
+# channels_last, and `project` keeps the plain NCHW fp32 eager step it always measured.
+_NCHW, _CL = {"channels_last": False}, {"channels_last": True}
+_BF16 = {"precision": "bf16", **_NCHW}
+_BF16_CL = {"precision": "bf16", **_CL}
 PROJECT_VARIANTS: dict[str, Variant] = {
-    "project": Variant(),  # params.yaml's settings: fp32, eager
+    "project": Variant({"precision": "fp32", **_NCHW}),
     "project_bf16": Variant(_BF16),
-    "project_bf16_cl": Variant({**_BF16, "channels_last": True}),  # the CPU's fast mode
-    "project_compiled": Variant({"compile": True}),
-    "project_bf16_compiled": Variant(_BF16_COMPILED),
-    "project_bf16_compiled_cl": Variant({**_BF16_COMPILED, "channels_last": True}),
-    # GPU levers (session 9): D in one call, cuDNN autotuning, CUDA graphs of the compiled networks
-    "project_bf16_fused": Variant({**_BF16, "d_pass": "fused"}),
-    "project_bf16_cudnn": Variant(_BF16, cudnn_benchmark=True),
-    "project_bf16_fused_cudnn": Variant({**_BF16, "d_pass": "fused"}, cudnn_benchmark=True),
-    "project_bf16_compiled_cudnn": Variant(_BF16_COMPILED, cudnn_benchmark=True),
-    "project_bf16_compiled_graphs": Variant(_BF16_COMPILED, cudnn_benchmark=True, cudagraphs=True),
-    # the whole step as one CUDA graph (train.cuda_graph)
-    "project_graph": Variant({"cuda_graph": True}),
-    "project_bf16_graph": Variant({**_BF16, "cuda_graph": True}),
-    "project_bf16_fused_graph": Variant({**_BF16, "d_pass": "fused", "cuda_graph": True}),
+    "project_bf16_cl": Variant(_BF16_CL),  # the CPU's fast mode (the quick profile's settings)
+    "project_compiled": Variant({"precision": "fp32", "compile": True, **_NCHW}),
+    "project_bf16_compiled": Variant({**_BF16, "compile": True}),
+    "project_bf16_compiled_cl": Variant({**_BF16_CL, "compile": True}),
+    # GPU levers (session 9; channels_last, as they were measured)
+    "project_bf16_fused": Variant({**_BF16_CL, "d_pass": "fused"}),
+    "project_bf16_cudnn": Variant(_BF16_CL, cudnn_benchmark=True),
+    "project_bf16_fused_cudnn": Variant({**_BF16_CL, "d_pass": "fused"}, cudnn_benchmark=True),
+    "project_bf16_compiled_cudnn": Variant({**_BF16_CL, "compile": True}, cudnn_benchmark=True),
+    "project_bf16_compiled_graphs": Variant(
+        {**_BF16_CL, "compile": True}, cudnn_benchmark=True, cudagraphs=True
+    ),
+    # the whole step as one CUDA graph (train.cuda_graph), channels_last like profiles/full.yaml
+    "project_graph": Variant({"precision": "fp32", "cuda_graph": True, **_CL}),
+    "project_bf16_graph": Variant({**_BF16_CL, "cuda_graph": True}),
+    "project_bf16_fused_graph": Variant({**_BF16_CL, "d_pass": "fused", "cuda_graph": True}),
 }
 
 
