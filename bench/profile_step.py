@@ -22,14 +22,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.training import PROJECT_VARIANTS, Schedule, apply_backend, variant_config
+from bench.training import PROJECT_VARIANTS, Schedule, apply_backend, sync_device, variant_config
 
 TOP_OPS = 25
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def profile_step(
@@ -58,7 +53,7 @@ def profile_step(
         started = time.perf_counter()
         for step in range(first, first + count):
             step_fn(*batches.batch(step))
-        _sync(device)
+        sync_device(device)
         return time.perf_counter() - started
 
     run(0, warmup)

@@ -132,20 +132,20 @@ def _mark_each_step() -> None:
 
 def project_throughput(
     *,
-    preset: str,
     batch: int,
     images: np.ndarray,
     device: torch.device,
     schedule: Schedule,
     variant: Variant,
+    config: Any,
     turns: Turns | None = None,
 ) -> list[float]:
-    """Images/s of each timed window of `fit_vaegan` (the warm-up windows are dropped); with
+    """Images/s of each timed window of `fit_vaegan` trained with `config` (the variant's
+    `variant_config`; the warm-up windows are dropped); with
     `turns`, training starts when the token arrives and the token moves on after each window but
     the last (the process passes it on by exiting)."""
     from vaegan.nn.loop import fit_vaegan
 
-    config = variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
     apply_backend(variant)
     observer = _WindowObserver(schedule, batch, turns)
     if turns is not None:
@@ -154,7 +154,7 @@ def project_throughput(
     return observer.images_per_s[schedule.warmup_windows :]
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -221,7 +221,7 @@ def textbook_throughput(
             step(x.to(device))
             steps_done += 1
             if steps_done % schedule.window_steps == 0:
-                _sync(device)
+                sync_device(device)
                 rates.append(schedule.window_steps * batch / (time.perf_counter() - window_start))
                 if turns is not None and steps_done < schedule.total_steps:
                     turns.hand_over()
@@ -252,12 +252,11 @@ def measure(
         )
     else:
         variant = PROJECT_VARIANTS[impl]
-        settings = variant.settings(
-            variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
-        )
+        config = variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
+        settings = variant.settings(config)
         rates = project_throughput(
-            preset=preset, batch=batch, images=images, device=device, schedule=schedule, turns=turns,
-            variant=variant,
+            batch=batch, images=images, device=device, schedule=schedule, turns=turns, variant=variant,
+            config=config,
         )  # fmt: skip
     wall = time.perf_counter() - started
     return {
