@@ -1,12 +1,13 @@
 """Where a training step's time goes: `python -m bench.profile_step --preset default --batch 1024
---impl project_bf16 [--device cuda] [--out FILE.json]`.
+--impl project_bf16 [--device cuda] [--by-shape] [--out FILE.json]`.
 
 Builds the networks, optimizers and batches exactly as `fit_vaegan` does (the loop's own `Networks`,
-`step_modules`, `Batches`, `step_function`), runs `--warmup` steps, times `--steps` steps without the
-profiler, then the same number under `torch.profiler`. Prints the operators by self time on the
-device that did the work and writes JSON: wall ms per step, and on a GPU the kernel time and kernel
-count per step; a step whose wall time is far above its kernel time is bound by launches, not by the
-GPU's arithmetic.
+`step_modules`, `Batches`, `step_function`), or with `--impl textbook` the textbook loop's step
+(`bench.training.textbook_step`) on batches already on the device; runs `--warmup` steps, times
+`--steps` steps without the profiler, then the same number under `torch.profiler`. Prints the
+operators by self time on the device that did the work and writes JSON: wall ms per step, and on
+a GPU the kernel time and kernel count per step; a step whose wall time is far above its kernel
+time is bound by launches, not by the GPU's arithmetic.
 """
 
 from __future__ import annotations
@@ -15,57 +16,100 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.training import PROJECT_VARIANTS, Schedule, apply_backend, sync_device, variant_config
+from bench.training import (
+    PROJECT_VARIANTS,
+    Schedule,
+    apply_backend,
+    sync_device,
+    textbook_step,
+    variant_config,
+)
 
 TOP_OPS = 25
+TOP_OPS_BY_SHAPE = 60
 
 
-def profile_step(
-    *, impl: str, preset: str, batch: int, device: torch.device, warmup: int, steps: int, images: int
-) -> dict[str, Any]:
-    """Per-step wall time, device time and the top operators of `impl`'s training step."""
-    from bench.data import real_images
+StepFn = Callable[..., Any]
+NextBatch = Callable[[int], tuple[torch.Tensor, ...]]
+
+
+def _project(config: Any, train_images: np.ndarray, device: torch.device) -> tuple[StepFn, NextBatch]:
+    """The loop's own step: its `Networks`, `step_modules`, `Batches` and `step_function`."""
     from vaegan.nn.devices import autocast_factory
     from vaegan.nn.distributed import Distributed
     from vaegan.nn.loop import Batches, Networks, Plan, step_function, step_modules
 
-    variant = PROJECT_VARIANTS[impl]
-    schedule = Schedule(steps, 2, 1)
-    config = variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
-    apply_backend(variant)
-    train_images, source = real_images("train", images)
     ctx = Distributed()
     plan = Plan.of(config, len(train_images), ctx, {})
     nets = Networks.build(config, device, None)
     modules = step_modules(nets, plan, ctx, device)
     autocast = autocast_factory(device, config.train.precision)
     batches = Batches.on_device(train_images, plan, nets.model.args.latent_dim, device)
-    step_fn = step_function(modules, plan, autocast, None, device, ctx)
+    return step_function(modules, plan, autocast, None, device, ctx), batches.batch
+
+
+def _textbook(
+    preset: str, batch: int, train_images: np.ndarray, device: torch.device
+) -> tuple[StepFn, NextBatch]:
+    """`bench.training.textbook_step`, fed consecutive batches of the images (no DataLoader: the
+    profile is of the step)."""
+    images = torch.from_numpy(train_images).float().div(255.0).unsqueeze(1).to(device)
+    count = len(images) // batch
+
+    def next_batch(step: int) -> tuple[torch.Tensor, ...]:
+        first = (step % count) * batch
+        return (images[first : first + batch],)
+
+    return textbook_step(preset, device), next_batch
+
+
+def profile_step(
+    *, impl: str, preset: str, batch: int, device: torch.device, warmup: int, steps: int, images: int,
+    by_shape: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Per-step wall time, device time and the top operators of `impl`'s training step; with
+    `by_shape`, one row per operator and input shapes (which layer a convolution is)."""
+    from bench.data import real_images
+
+    train_images, source = real_images("train", images)
+    if impl == "textbook":  # the reference loop's step, on batches already on the device
+        step_fn, next_batch = _textbook(preset, batch, train_images, device)
+        settings: dict[str, Any] = {"precision": "fp32", "channels_last": False, "data": "on the device"}
+    else:
+        variant = PROJECT_VARIANTS[impl]
+        schedule = Schedule(steps, 2, 1)
+        config = variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
+        apply_backend(variant)
+        step_fn, next_batch = _project(config, train_images, device)
+        settings = variant.settings(config)
 
     def run(first: int, count: int) -> float:
         started = time.perf_counter()
         for step in range(first, first + count):
-            step_fn(*batches.batch(step))
+            step_fn(*next_batch(step))
         sync_device(device)
         return time.perf_counter() - started
 
     run(0, warmup)
     wall = run(warmup, steps)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=by_shape) as prof:
         profiled_wall = run(warmup + steps, steps)
     on_gpu = device.type == "cuda"
-    averages = prof.key_averages()
+    averages = prof.key_averages(group_by_input_shape=by_shape)
     key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
-    top = sorted(averages, key=lambda op: getattr(op, key), reverse=True)[:TOP_OPS]
-    print(averages.table(sort_by=key, row_limit=TOP_OPS), flush=True)
+    rows = TOP_OPS_BY_SHAPE if by_shape else TOP_OPS
+    top = sorted(averages, key=lambda op: getattr(op, key), reverse=True)[:rows]
+    print(averages.table(sort_by=key, row_limit=rows), flush=True)
 
     def ms_per_step(op: Any) -> float:
         return float(getattr(op, key)) / 1000 / steps
@@ -73,13 +117,16 @@ def profile_step(
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     result: dict[str, Any] = {
         "impl": impl, "preset": preset, "batch": batch, "device": str(device), "data": source,
-        "settings": variant.settings(config), "warmup_steps": warmup, "steps": steps,
+        "settings": settings, "warmup_steps": warmup, "steps": steps,
         "wall_ms_per_step": 1000 * wall / steps, "profiled_wall_ms_per_step": 1000 * profiled_wall / steps,
         "images_per_s": batch * steps / wall,
         "kernels_per_step": len(kernels) / steps if on_gpu else None,
         "kernel_ms_per_step": sum(e.device_time for e in kernels) / 1000 / steps if on_gpu else None,
         "top_ops": [
-            {"name": op.key, "calls_per_step": op.count / steps, "self_ms_per_step": ms_per_step(op)}
+            {
+                "name": op.key, "calls_per_step": op.count / steps, "self_ms_per_step": ms_per_step(op),
+                **({"input_shapes": op.input_shapes} if by_shape else {}),
+            }
             for op in top
         ],
     }  # fmt: skip
@@ -88,13 +135,17 @@ def profile_step(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", default="project", choices=sorted(PROJECT_VARIANTS))
+    parser.add_argument(
+        "--impl", default="project", choices=["textbook", *sorted(PROJECT_VARIANTS)],
+        help="a project variant (bench.training.PROJECT_VARIANTS) or the textbook loop's step",
+    )  # fmt: skip
     parser.add_argument("--preset", default="default")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compiling, autotuning)")
     parser.add_argument("--steps", type=int, default=20, help="steps timed, then as many profiled")
     parser.add_argument("--images", type=int, default=10_000, help="training images on the device")
+    parser.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here as well")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
@@ -105,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = profile_step(
             impl=args.impl, preset=args.preset, batch=args.batch, device=select_device(args.device),
-            warmup=args.warmup, steps=args.steps, images=args.images,
+            warmup=args.warmup, steps=args.steps, images=args.images, by_shape=args.by_shape,
         )  # fmt: skip
     except ConfigError as error:  # a variant this device cannot run (e.g. a CUDA graph on a CPU)
         parser.exit(2, f"{parser.prog}: error: {error}\n")

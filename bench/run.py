@@ -376,7 +376,8 @@ def check_targets(results: dict[str, Any], device_type: str) -> list[dict[str, A
 
 
 def _overridden(plan: Plan, args: argparse.Namespace) -> Plan:
-    """The plan with the command line's --presets/--batches/--impls; batches keep the plan's schedule."""
+    """The plan with the command line's --presets/--batches/--impls/--windows; batches keep the plan's
+    window size."""
     changes: dict[str, Any] = {}
     if args.presets:
         changes["presets"] = tuple(args.presets)
@@ -387,6 +388,12 @@ def _overridden(plan: Plan, args: argparse.Namespace) -> Plan:
         changes["batches"] = tuple(args.batches)
     if args.impls:
         changes["impls"] = tuple(args.impls)
+    if args.windows is not None:
+        if args.windows < 1:
+            raise SystemExit(f"--windows must be at least 1, not {args.windows}")
+        changes["schedules"] = {
+            batch: (steps, args.windows, warmup) for batch, (steps, _, warmup) in plan.schedules.items()
+        }
     return dataclasses.replace(plan, **changes)
 
 
@@ -400,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--impls", nargs="+", choices=["textbook", *PROJECT_VARIANTS],
         help="training implementations instead of the plan's (textbook is the reference of the ratios)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--windows", type=int, default=None,
+        help="timed training windows per implementation instead of the plan's (8 on a CPU): more windows "
+        "narrow the median of the paired ratios",
     )  # fmt: skip
     parser.add_argument(
         "--pipeline-dir", type=Path, default=None,

@@ -21,6 +21,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,9 @@ class Variant:
     train: dict[str, Any] = field(default_factory=dict)
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark: cuDNN times its algorithms once
     cudagraphs: bool = False  # inductor's CUDA graphs (what torch.compile's "reduce-overhead" turns on)
+    # Compiled autograd: each of the step's backward passes traced at run time (the eager forward's
+    # autograd graph, only the nodes that pass runs) and compiled by inductor.
+    compiled_autograd: bool = False
 
     def settings(self, config: Any) -> dict[str, Any]:
         """What the JSON records of this variant: the train.* values `config` (its config) ran with."""
@@ -87,7 +91,8 @@ class Variant:
         return {
             "precision": train.precision, "compile": train.compile, "channels_last": train.channels_last,
             "d_pass": train.d_pass, "cuda_graph": train.cuda_graph, "cudnn_benchmark": self.cudnn_benchmark,
-            "cudagraphs": self.cudagraphs, "data": "on the device",
+            "cudagraphs": self.cudagraphs, "compiled_autograd": self.compiled_autograd,
+            "data": "on the device",
         }  # fmt: skip
 
 
@@ -114,6 +119,8 @@ def apply_backend(variant: Variant) -> None:
 
         inductor_config.triton.cudagraphs = True
         _mark_each_step()
+    if variant.compiled_autograd:
+        _compile_backward_passes()
 
 
 def _mark_each_step() -> None:
@@ -128,6 +135,22 @@ def _mark_each_step() -> None:
         return step(*args, **kwargs)
 
     loop.train_step = marked
+
+
+def _compile_backward_passes() -> None:
+    """Run the step's `backward_passes` under compiled autograd (inductor, static shapes)."""
+    import torch._dynamo.compiled_autograd as compiled_autograd
+
+    import vaegan.nn.step as step
+
+    passes = step.backward_passes
+    compiler = torch.compile(backend="inductor", dynamic=False)
+
+    def compiled(*args: Any, **kwargs: Any) -> None:
+        with compiled_autograd._enable(compiler, dynamic=False):
+            passes(*args, **kwargs)
+
+    step.backward_passes = compiled
 
 
 def project_throughput(
@@ -159,14 +182,9 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def textbook_throughput(
-    *, preset: str, batch: int, images: np.ndarray, device: torch.device, schedule: Schedule,
-    turns: Turns | None = None,
-) -> list[float]:  # fmt: skip
-    """Images/s of each timed window of the plain PyTorch loop described in the module docstring;
-    with `turns`, each window is timed while this process holds the token."""
-    from torch.utils.data import DataLoader, TensorDataset
-
+def textbook_step(preset: str, device: torch.device) -> Callable[[torch.Tensor], list[float]]:
+    """One step of the plain PyTorch loop described in the module docstring, on a batch already on
+    `device`; returns the five losses as floats (the `.item()` calls of the usual logging)."""
     from vaegan.nn.networks import build_model, model_args_for
 
     torch.manual_seed(0)
@@ -176,8 +194,6 @@ def textbook_throughput(
     opt_enc = torch.optim.Adam(enc.parameters(), lr=3e-4, betas=betas)
     opt_dec = torch.optim.Adam(dec.parameters(), lr=3e-4, betas=betas)
     opt_dis = torch.optim.Adam(dis.parameters(), lr=3e-4, betas=betas)
-    dataset = TensorDataset(torch.from_numpy(images).float().div(255.0).unsqueeze(1))
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
     gamma, beta = 1e-2, 1.0
 
     def step(x: torch.Tensor) -> list[float]:
@@ -211,6 +227,20 @@ def textbook_throughput(
         opt_dis.step()
         return [loss.item() for loss in (loss_prior, loss_llike, loss_pixel, loss_dis, loss_gan)]
 
+    return step
+
+
+def textbook_throughput(
+    *, preset: str, batch: int, images: np.ndarray, device: torch.device, schedule: Schedule,
+    turns: Turns | None = None,
+) -> list[float]:  # fmt: skip
+    """Images/s of each timed window of `textbook_step` over a DataLoader; with `turns`, each window
+    is timed while this process holds the token."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    step = textbook_step(preset, device)
+    dataset = TensorDataset(torch.from_numpy(images).float().div(255.0).unsqueeze(1))
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
     rates: list[float] = []
     steps_done = 0
     if turns is not None:
@@ -291,6 +321,7 @@ PROJECT_VARIANTS: dict[str, Variant] = {
     "project_compiled": Variant({"precision": "fp32", "compile": True, **_NCHW}),
     "project_bf16_compiled": Variant({**_BF16, "compile": True}),
     "project_bf16_compiled_cl": Variant({**_BF16_CL, "compile": True}),
+    "project_bf16_cl_compiled_autograd": Variant(_BF16_CL, compiled_autograd=True),  # CPU lever, session 10
     # GPU levers (session 9; channels_last, as they were measured)
     "project_bf16_fused": Variant({**_BF16_CL, "d_pass": "fused"}),
     "project_bf16_cudnn": Variant(_BF16_CL, cudnn_benchmark=True),

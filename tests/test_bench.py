@@ -396,6 +396,24 @@ def test_step_profile_times_the_loop_step_and_names_where_the_time_went(tmp_path
     assert all(op["self_ms_per_step"] > 0 and op["calls_per_step"] > 0 for op in result["top_ops"])
 
 
+def test_step_profile_of_the_textbook_step_by_layer_shape(tmp_path: Path) -> None:
+    """`--impl textbook` profiles the reference loop's step; `--by-shape` names each operator row's
+    input shapes, so a convolution's rows say which layer they are."""
+    out = tmp_path / "textbook.json"
+    done = _profile_step(
+        "--impl", "textbook", "--preset", "seed", "--batch", "8", "--warmup", "1", "--steps", "2",
+        "--images", "64", "--device", "cpu", "--by-shape", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert (result["impl"], result["batch"], result["settings"]["precision"]) == ("textbook", 8, "fp32")
+    assert result["images_per_s"] == pytest.approx(8 * 1000 / result["wall_ms_per_step"])
+    backward = [op for op in result["top_ops"] if op["name"] == "aten::convolution_backward"]
+    # D's features layer (64 -> 64 channels, 3x3) at batch 8: its own row, by its weight's shape
+    assert any([64, 64, 3, 3] in op["input_shapes"] and op["input_shapes"][0][0] == 8 for op in backward)
+    assert len(backward) > 1 and all(op["calls_per_step"] > 0 for op in backward)
+
+
 def test_step_profile_refuses_a_cuda_graph_on_a_cpu() -> None:
     done = _profile_step("--impl", "project_bf16_graph", "--device", "cpu")
     assert done.returncode == 2
@@ -404,3 +422,65 @@ def test_step_profile_refuses_a_cuda_graph_on_a_cpu() -> None:
         .splitlines()[-1]
         .endswith("error: train.cuda_graph: needs a CUDA device; this run trains on cpu")
     )
+
+
+@pytest.mark.parametrize("way", ["space_to_depth", "unfold"])
+def test_strided_convolution_reformulations_are_the_same_function(way: str) -> None:
+    """bench.conv_layers times k4 s2 p1 convolutions computed another way; in float64 they agree with
+    F.conv2d, gradients included, for one and for several input channels."""
+    from bench import conv_layers
+
+    generator = torch.Generator().manual_seed(0)
+    for in_channels in (1, 3):
+        x = torch.randn(2, in_channels, 14, 14, dtype=torch.float64, generator=generator, requires_grad=True)
+        w = torch.randn(5, in_channels, 4, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+        b = torch.randn(5, dtype=torch.float64, generator=generator, requires_grad=True)
+        native = conv_layers.strided(x, w, b)
+        other = getattr(conv_layers, way)(x, w, b)
+        assert other.shape == native.shape == (2, 5, 7, 7)
+        torch.testing.assert_close(other, native)
+        grad = torch.randn(native.shape, dtype=torch.float64, generator=generator)
+        expected = torch.autograd.grad(native, (x, w, b), grad)
+        for ours, theirs in zip(torch.autograd.grad(other, (x, w, b), grad), expected, strict=True):
+            torch.testing.assert_close(ours, theirs)
+
+
+def test_sub_pixel_convolution_is_the_transposed_convolution() -> None:
+    from bench import conv_layers
+
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64, generator=generator)
+    w = torch.randn(3, 4, 4, 4, dtype=torch.float64, generator=generator)
+    b = torch.randn(4, dtype=torch.float64, generator=generator)
+    native = conv_layers.transposed(x, w, b)
+    assert native.shape == (2, 4, 14, 14)
+    torch.testing.assert_close(conv_layers.sub_pixel(x, w, b), native)
+    # 4 of the 9 taps of each output phase's 3x3 kernel are used: 16 of 36 per (C_out, C_in) pair
+    assert int((conv_layers.sub_pixel_weight(w) != 0).sum()) == 3 * 4 * 16
+
+
+def test_conv_layer_bench_times_every_layer_of_the_preset(tmp_path: Path) -> None:
+    out = tmp_path / "layers.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")])}
+    cmd = [sys.executable, "-m", "bench.conv_layers", "--rows", "4", "--repeats", "1", "--device", "cpu",
+           "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert (result["preset"], result["rows"], result["device"]) == ("seed", 4, "cpu")
+    # 7 layers; ways: 3 per first layer (2 of them), 2 per other strided or transposed layer (4), 1 (features)
+    assert len(result["layers"]) == (2 * 3 + 4 * 2 + 1) * 3 * 3  # x 3 gradient sets x 3 precisions
+    assert len(done.stdout.strip().splitlines()) == len(result["layers"])
+    assert all(row["ms"] > 0 and row["gflop_per_s"] > 0 for row in result["layers"])
+    wrong = subprocess.run([*cmd[:3], "--rows", "0"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "--rows and --repeats must be at least 1" in wrong.stderr
+
+
+def test_windows_override_keeps_each_batch_window_size() -> None:
+    from bench import run
+
+    plan = run.plan_for(False, "cpu")
+    longer = run._overridden(plan, run.argparse.Namespace(presets=None, batches=None, impls=None, windows=24))
+    assert longer.schedules == {64: (16, 24, 1), 256: (4, 24, 1), 1024: (1, 24, 1)}
+    with pytest.raises(SystemExit, match="--windows must be at least 1"):
+        run._overridden(plan, run.argparse.Namespace(presets=None, batches=None, impls=None, windows=0))
