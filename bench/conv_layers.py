@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.device_sync import sync_device
+
 Conv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 GRADS = {"input": ("x",), "weights": ("w", "b"), "both": ("x", "w", "b")}
 PRECISIONS = ("bf16_cl", "fp32_cl", "fp32")
@@ -147,8 +149,7 @@ def time_layer(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16_cl"):
             y = F.leaky_relu(conv(tensors["x"], tensors["w"], tensors["b"]), 0.2)
         torch.autograd.grad(y, wanted, torch.ones_like(y))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync_device(device)
         seconds.append(time.perf_counter() - started)
     kept = sorted(seconds[3:])
     return 1000 * kept[len(kept) // 2]

@@ -23,12 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.device_sync import sync_device
+
 PLAIN_BATCH = 50  # pytorch-fid's default --batch-size
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -116,10 +113,10 @@ def measure_fid(
     values: dict[str, float] = {}
     for rep in range(repeats + 1):  # interleaved, the first round untimed
         for name, fn in sides.items():
-            _sync(device)
+            sync_device(device)
             started = time.perf_counter()
             values[name] = fn(**common)
-            _sync(device)
+            sync_device(device)
             if rep:
                 times[name].append(time.perf_counter() - started)
     return {"seconds": times, "fid": values, "real_images": source, "plain_available": "plain" in sides}

@@ -25,11 +25,11 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from bench.device_sync import sync_device
 from bench.training import (
     PROJECT_VARIANTS,
     Schedule,
     apply_backend,
-    sync_device,
     textbook_step,
     variant_config,
 )

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.device_sync import sync_device
 from bench.turns import Turns
 
 EPOCH_IMAGES = 60_000
@@ -175,11 +176,6 @@ def project_throughput(
         turns.wait()
     fit_vaegan(config=config, train_images=images, val_images=images[:1000], device=device, observer=observer)
     return observer.images_per_s[schedule.warmup_windows :]
-
-
-def sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def textbook_step(preset: str, device: torch.device) -> Callable[[torch.Tensor], list[float]]:
