@@ -62,7 +62,9 @@ def _textbook(
 ) -> tuple[StepFn, NextBatch]:
     """`bench.training.textbook_step`, fed consecutive batches of the images (no DataLoader: the
     profile is of the step)."""
-    images = torch.from_numpy(train_images).float().div(255.0).unsqueeze(1).to(device)
+    from vaegan.nn.loop import images_to_device
+
+    images = images_to_device(train_images, device, channels_last=False)  # the textbook's NCHW floats
     count = len(images) // batch
 
     def next_batch(step: int) -> tuple[torch.Tensor, ...]:
