@@ -97,12 +97,17 @@ class Layer:
     ways: Mapping[str, Conv]
 
     @property
+    def is_transposed(self) -> bool:
+        """A transposed convolution: weight (C_in, C_out, k, k) instead of (C_out, C_in, k, k)."""
+        return "transposed" in self.ways
+
+    @property
     def out_channels(self) -> int:
-        return self.weight[1] if "transposed" in self.ways else self.weight[0]
+        return self.weight[1] if self.is_transposed else self.weight[0]
 
     def macs_per_row(self) -> int:
         """Multiply-adds of one forward pass per image."""
-        if "transposed" in self.ways:
+        if self.is_transposed:
             return self.side * self.side * self.weight[0] * self.weight[1] * 16
         out_side = self.side // 2 if self.weight[-1] == 4 else self.side
         return out_side * out_side * self.weight[0] * self.weight[1] * self.weight[2] * self.weight[3]
