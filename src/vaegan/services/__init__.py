@@ -1,0 +1,1 @@
+"""Servers the project starts and stops itself: detached daemons, a PostgreSQL cluster."""

@@ -1,0 +1,92 @@
+"""`python -m vaegan.team`: the team stack on this machine (`make serve-team`, `team-down`,
+`team-status`, `worker`).
+
+    python -m vaegan.team up                    # PostgreSQL, S3, MLflow, Prefect, one worker per pool
+    python -m vaegan.team status
+    python -m vaegan.team worker --pool vaegan-gpu   # one more worker (on this machine)
+    python -m vaegan.team down                  # stop everything; the data stays in .team/
+
+After `up`, `source .team/env` in any shell (or another checkout on a machine that reaches these
+servers) and `make run`, `vaegan promote`, `make check-champion`, `vaegan reproduce` use the team's
+servers. Every state file lives under --dir (default .team/): the PostgreSQL cluster, the S3 folder,
+Prefect's home, the credentials (0600), one log and one pid file per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vaegan.errors import VaeganError
+from vaegan.team.layout import DEFAULT_ROOT, Ports, TeamLayout
+from vaegan.team.stack import POOLS, Stack
+
+DEFAULTS = Ports()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vaegan.team",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dir", default=DEFAULT_ROOT, help=f"the stack's state folder (default {DEFAULT_ROOT})"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start what is not running (idempotent) and write the env file")
+    up.add_argument("--host", default=DEFAULTS.host, help="address every server binds to (default 127.0.0.1)")
+    for name, port in DEFAULTS.named().items():
+        up.add_argument(f"--{name}-port", type=int, default=port, help=f"{name} port (default {port})")
+    up.add_argument("--workers", type=int, default=1, help="process workers per work pool (default 1)")
+    commands.add_parser("down", help="stop workers and servers; the data stays")
+    commands.add_parser("status", help="each server and worker: up, stopped or not answering")
+    worker = commands.add_parser("worker", help="start one more process worker on this machine")
+    worker.add_argument("--pool", default=POOLS[0], choices=POOLS, help=f"work pool (default {POOLS[0]})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    layout = TeamLayout.at(args.dir)
+    try:
+        if args.command == "up":
+            if args.workers < 0:
+                raise VaeganError(f"--workers {args.workers}: must be 0 or more")
+            ports = Ports(args.host, args.postgres_port, args.s3_port, args.mlflow_port, args.prefect_port)
+            stack = Stack.open(layout, ports)
+            stack.up(workers_per_pool=args.workers)
+            print(f"\nMLflow UI:  {stack.urls()['mlflow']}  (user {stack.credentials.mlflow_user})")
+            print(f"Prefect UI: {stack.urls()['prefect']}")
+            print(f"Use it from a shell: source {layout.env_file}")
+        elif args.command == "down":
+            if layout.read_ports() is None:
+                print(f"no team stack in {layout.root}")
+                return 0
+            stopped = Stack.open(layout).down()
+            print(
+                "stopped: " + (", ".join(stopped) or "nothing was running") + f"; data kept in {layout.root}"
+            )
+        elif args.command == "status":
+            if layout.read_ports() is None:
+                print(f"no team stack in {layout.root} (start one: make serve-team)")
+                return 3
+            rows = Stack.open(layout).status()
+            for name, state, where in rows:
+                print(f"{name:<22} {state:<28} {where}")
+            return 0 if all(state.startswith("up") for _, state, _ in rows) else 3
+        else:
+            if layout.read_ports() is None:
+                raise VaeganError(f"no team stack in {layout.root}: start it first (make serve-team)")
+            Stack.open(layout).start_worker(args.pool)
+    except VaeganError as exc:
+        print(f"vaegan team {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"vaegan team {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
