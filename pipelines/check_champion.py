@@ -21,10 +21,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from pipelines.flow_run import label_flow_run
 from vaegan import check_champion as champion
 from vaegan.config import Config, load_config
 from vaegan.flows import dvc_stages
 from vaegan.flows.failures import run_command, worth_retrying
+from vaegan.flows.team_workspace import use_team_remote
 
 
 @task(retries=2, retry_delay_seconds=15, task_run_name="dvc pull test data")
@@ -60,6 +62,8 @@ def check_champion(
 ) -> dict[str, object]:
     """Score the registry's champion on the current test data; fail on FID drift."""
     os.chdir(repo_dir)
+    label_flow_run()
+    remote = remote or use_team_remote(".")
     config = load_config(params_path)
     ensure_test_data(config, remote)
     chosen_seed = champion.fresh_seed() if seed is None else seed

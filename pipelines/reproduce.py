@@ -18,9 +18,11 @@ import sys
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from pipelines.flow_run import label_flow_run
 from vaegan.config import load_config
 from vaegan.errors import VaeganError
 from vaegan.flows.failures import run_command
+from vaegan.flows.team_workspace import use_team_remote
 from vaegan.reproduce import DEFAULT_URI, Reproduction, reproduce_model
 from vaegan.reproduction.verdict import DIFFERENT, Tolerance
 
@@ -56,6 +58,8 @@ def reproduce(
 ) -> dict[str, str]:
     """Rebuild `model_uri` from its record; publish the verdict table; fail when `different`."""
     os.chdir(repo_dir)
+    label_flow_run()
+    use_team_remote(".")  # team mode: the rebuild's data comes from the team's S3 remote
     result = rebuild(model_uri, params_path, Tolerance(fid_tolerance, pr_tolerance), check_only)
     verdict = result.verdict
     create_markdown_artifact(

@@ -24,12 +24,14 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from pipelines.flow_run import label_flow_run
 from vaegan.artifacts.atomic_io import read_json_object
 from vaegan.config import Config, load_config
 from vaegan.errors import ConfigError, VaeganError
 from vaegan.flows import dvc_stages
 from vaegan.flows.failures import parse_overrides, run_command, validate_params, worth_retrying
 from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
+from vaegan.flows.team_workspace import is_team_clone, publish_run, use_team_remote
 from vaegan.flows.workspace import WorkspaceSnapshot
 from vaegan.registry.promotion import PromotionDecision, promote_challenger
 from vaegan.registry.registration import Registration, register_models
@@ -58,9 +60,10 @@ def apply_params(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(task_run_name="dvc repro {stage}")
-def repro(stage: str) -> dvc_stages.StageOutcome:
+def repro(stage: str, pull: bool = False) -> dvc_stages.StageOutcome:
+    """`dvc repro <stage>`; with `pull`, outputs DVC can fetch from the remote are pulled, not rebuilt."""
     logger = get_run_logger()
-    outcome = dvc_stages.repro_stage(stage, ".", on_line=logger.info)
+    outcome = dvc_stages.repro_stage(stage, ".", on_line=logger.info, flags=("--pull",) if pull else ())
     logger.info("stage %s %s in %.1f s", stage, "ran" if outcome.ran else "was cached", outcome.seconds)
     return outcome
 
@@ -103,6 +106,14 @@ def push(remote: str | None) -> str:
     return remote or "default"
 
 
+@task(retries=3, retry_delay_seconds=15, task_run_name="publish runs/{run_name}")
+def publish(run_name: str) -> str:
+    """Push the run's params.yaml, dvc.lock and metrics as a branch of the team's git remote."""
+    branch = publish_run(run_name, f"retrain {run_name}: params.yaml, dvc.lock and metrics of the run")
+    get_run_logger().info("published the run as branch %s of the team's git remote", branch)
+    return branch
+
+
 RESTORED = "the workspace is as before this run: params.yaml, dvc.lock and every output restored"
 
 
@@ -133,16 +144,19 @@ def retrain(
     """Reproduce the DVC pipeline, register the exported models, promote when the gate passes,
     and push the new artifacts to the DVC remote. Returns a digest of the run."""
     os.chdir(repo_dir)
+    run_name = label_flow_run()
+    team_remote = use_team_remote(".")  # team mode: outputs come from and go to the team's S3 remote
     overrides = {**(profile_overrides(profile) if profile else {}), **(params or {})}
     snapshot = WorkspaceSnapshot.take(".")
     try:
         changed = apply_params(overrides)
-        outcomes = [repro(stage) for stage in dvc_stages.PIPELINE_STAGES]
+        outcomes = [repro(stage, pull=team_remote is not None) for stage in dvc_stages.PIPELINE_STAGES]
         config = load_config("params.yaml")
         registration = register(config)
         previous = champion_metrics(config)
         decision = promote(config, registration) if promote_model else None
-        pushed_to = push(remote) if push_remote else None
+        pushed_to = push(remote or team_remote) if push_remote else None
+        run_branch = publish(run_name) if is_team_clone(".") else None
     except BaseException as exc:
         restore_workspace(snapshot)
         if isinstance(exc, VaeganError):
@@ -162,7 +176,7 @@ def retrain(
     markdown = summary_markdown(summary)
     create_markdown_artifact(key="retrain-summary", markdown=markdown, description="retrain summary")
     print(markdown)
-    return summary.as_dict()
+    return {**summary.as_dict(), "run_branch": run_branch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from vaegan.data.splits import data_sha256
 from vaegan.errors import ConfigError
 from vaegan.scoring.core import METRIC_KEYS, load_scoring
 from vaegan.scoring.report import write_report
-from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment, log_metrics
+from vaegan.tracking.store import connect, ensure_experiment, log_metrics, orchestration_tags
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -115,7 +115,7 @@ def log_to_mlflow(
     if not run_id:
         experiment_id = ensure_experiment(client, config.tracking)
         run_id = client.create_run(
-            experiment_id, run_name="evaluate", tags={"vaegan.stage": "evaluate", **dvc_experiment_tags()}
+            experiment_id, run_name="evaluate", tags={"vaegan.stage": "evaluate", **orchestration_tags()}
         ).info.run_id
         own_run = True
     keys = (*METRIC_KEYS, "num_samples", "num_test")

@@ -47,6 +47,7 @@ from vaegan.registry.client import (
 )
 from vaegan.registry.lock import registry_lock
 from vaegan.registry.model_card import model_card
+from vaegan.tracking.store import orchestration_tags
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,10 @@ def register_models(*, config: Config, repo_dir: str | Path = ".") -> Registrati
     eval_metrics = _read_json(config.evaluate.metrics_path, "evaluation metrics")
     files = verified_export_files(config.export.dir, export_metrics)
     payload = _training_checkpoint(config)
-    provenance = training_provenance(config, export_metrics, eval_metrics, repo_dir, payload)
+    provenance = {
+        **training_provenance(config, export_metrics, eval_metrics, repo_dir, payload),
+        **orchestration_tags(),
+    }
     shared_tags = version_tags(eval_metrics, provenance)
     latent_dim = export_metrics.get("latent_dim")
     registry = config.registry

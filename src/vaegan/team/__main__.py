@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vaegan.errors import VaeganError
 from vaegan.team.layout import DEFAULT_ROOT, Ports, TeamLayout
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, port in DEFAULTS.named().items():
         up.add_argument(f"--{name}-port", type=int, default=port, help=f"{name} port (default {port})")
     up.add_argument("--workers", type=int, default=1, help="process workers per work pool (default 1)")
+    up.add_argument(
+        "--repo",
+        default=".",
+        help="checkout whose prefect.yaml is deployed and whose HEAD seeds the git remote",
+    )
     commands.add_parser("down", help="stop workers and servers; the data stays")
     commands.add_parser("status", help="each server and worker: up, stopped or not answering")
     worker = commands.add_parser("worker", help="start one more process worker on this machine")
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise VaeganError(f"--workers {args.workers}: must be 0 or more")
             ports = Ports(args.host, args.postgres_port, args.s3_port, args.mlflow_port, args.prefect_port)
             stack = Stack.open(layout, ports)
-            stack.up(workers_per_pool=args.workers)
+            stack.up(workers_per_pool=args.workers, repo=Path(args.repo).resolve())
             print(f"\nMLflow UI:  {stack.urls()['mlflow']}  (user {stack.credentials.mlflow_user})")
             print(f"Prefect UI: {stack.urls()['prefect']}")
             print(f"Use it from a shell: source {layout.env_file}")

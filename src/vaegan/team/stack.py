@@ -104,8 +104,9 @@ class Stack:
 
     # --- up ----------------------------------------------------------------------------------------
 
-    def up(self, workers_per_pool: int = 1) -> None:
-        """Start whatever of the stack is not running; on a failure stop what this call started."""
+    def up(self, workers_per_pool: int = 1, repo: Path | None = None) -> None:
+        """Start whatever of the stack is not running, then deploy the flows of `repo` (default: the
+        working directory); on a failure stop what this call started."""
         self._check_ports()
         self.layout.write_ports(self.ports)
         try:
@@ -114,6 +115,7 @@ class Stack:
             self._start_server("mlflow", self._mlflow_argv(), self._mlflow_env())
             self._start_server("prefect", self._prefect_argv(), self._prefect_env())
             self._configure_prefect()
+            self._deploy(repo or Path.cwd())
             for pool in POOLS:
                 for index in range(workers_per_pool):
                     self.start_worker(pool, index)
@@ -244,6 +246,28 @@ class Stack:
         for line in done.stdout.splitlines():
             self.on_line(f"prefect    {line}")
 
+    def _deploy(self, repo: Path) -> None:
+        """Seed the team's git remote with this checkout's HEAD (when it has no `main` yet) and
+        deploy prefect.yaml's deployments; their runs clone that remote."""
+        remote = self.layout.git_remote
+        if not (remote / "HEAD").is_file():
+            _git_or_fail(Path.cwd(), "init", "--quiet", "--bare", "--initial-branch=main", str(remote))
+            self.on_line(f"git        created the team's git remote {remote}")
+        if _git(remote, "rev-parse", "--verify", "--quiet", "refs/heads/main").returncode != 0:
+            _git_or_fail(repo, "push", "--quiet", remote.as_uri(), "HEAD:refs/heads/main")
+            self.on_line(f"git        pushed this checkout's HEAD to {remote} as main")
+        done = subprocess.run(
+            [_bin("prefect"), "--no-prompt", "deploy", "--all"],
+            cwd=repo,
+            env={**os.environ, **self.member_environment()},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ServiceError(f"prefect deploy --all failed: {(done.stderr or done.stdout).strip()[-800:]}")
+        self.on_line("prefect    deployed retrain/on-demand, check-champion/daily, reproduce/weekly")
+
     def start_worker(self, pool: str, index: int | None = None) -> str:
         """Start a process worker on `pool` (the next free index unless given); its name."""
         if index is None:
@@ -301,6 +325,16 @@ class Stack:
             pid = self.daemon(name).pid()
             rows.append((name, _state(pid, pid is not None), str(self.layout.log_file(name))))
         return rows
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+
+
+def _git_or_fail(repo: Path, *args: str) -> None:
+    done = _git(repo, *args)
+    if done.returncode != 0:
+        raise ServiceError(f"git {args[0]} failed: {(done.stderr or done.stdout).strip()}")
 
 
 def _state(pid: int | None, healthy: bool) -> str:

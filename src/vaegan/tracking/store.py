@@ -72,19 +72,36 @@ def uri_in_effect(tracking: TrackingConfig, uri: str | None = None) -> str:
     return absolute_uri(uri, Path.cwd()) if uri else tracking_uri(tracking)
 
 
-def dvc_experiment_tags() -> dict[str, str]:
-    """Tags that tie an MLflow run to the DVC experiment running it (empty outside `dvc exp run`)."""
-    names = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
-    return {tag: os.environ[var] for var, tag in names.items() if os.environ.get(var)}
+# environment variable -> MLflow tag: what runs this command (DVC sets the first two in `dvc exp run`,
+# the flows set the others for their stages and registrations)
+ORCHESTRATION_TAGS = {
+    "DVC_EXP_NAME": "dvc.exp_name",
+    "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev",
+    "VAEGAN_FLOW_RUN_ID": "prefect.flow_run_id",
+    "VAEGAN_FLOW_RUN_NAME": "prefect.flow_run_name",
+    "VAEGAN_FLOW_RUN_URL": "prefect.flow_run_url",
+}
+
+
+def orchestration_tags() -> dict[str, str]:
+    """Tags that tie an MLflow run or model version to the DVC experiment and the Prefect flow run
+    that made it (empty when run by hand)."""
+    return {tag: os.environ[var] for var, tag in ORCHESTRATION_TAGS.items() if os.environ.get(var)}
 
 
 def _scheme(uri: str) -> str:
     return uri.split(":", 1)[0] if "://" in uri else ""
 
 
+# SQLAlchemy database URLs name a driver after `+` (postgresql+psycopg2, mysql+pymysql, ...)
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
 def _check_uri(uri: str) -> None:
     scheme = _scheme(uri)
-    if scheme not in (*LOCAL_SCHEMES, "http", "https", "postgresql", "mysql", "mssql", "databricks"):
+    dialect = scheme.split("+", 1)[0]
+    known = (*LOCAL_SCHEMES, "http", "https", "databricks")
+    if scheme not in known and dialect not in DATABASE_SCHEMES:
         raise RegistryError(f"tracking URI {uri!r}: unsupported scheme {scheme!r}")
     if scheme == "sqlite":
         db_path = uri.removeprefix("sqlite:///")

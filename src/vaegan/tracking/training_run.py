@@ -18,7 +18,7 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from vaegan.artifacts.images import image_grid, write_png
-from vaegan.tracking.store import connect, dvc_experiment_tags, ensure_experiment, log_metrics
+from vaegan.tracking.store import connect, ensure_experiment, log_metrics, orchestration_tags
 
 if TYPE_CHECKING:
     from vaegan.config import Config
@@ -53,7 +53,7 @@ class TrainingRun:
                 return cls(client, resume_run_id)
         experiment_id = ensure_experiment(client, config.tracking)
         name = f"train-{config.train.objective}-{config.model.preset}"
-        run = client.create_run(experiment_id, tags={**tags, **dvc_experiment_tags()}, run_name=name)
+        run = client.create_run(experiment_id, tags={**tags, **orchestration_tags()}, run_name=name)
         tracker = cls(client, run.info.run_id)
         tracker.log_params(config.flat())
         log.info("MLflow run %s (experiment %s)", run.info.run_id, config.tracking.experiment)
