@@ -5,6 +5,7 @@
     python -m vaegan.team status
     python -m vaegan.team worker --pool vaegan-gpu   # one more worker (on this machine)
     python -m vaegan.team down                  # stop everything; the data stays in .team/
+    python -m vaegan.team connect               # in a member's checkout: DVC uses the team remote
 
 After `up`, `source .team/env` in any shell (or another checkout on a machine that reaches these
 servers) and `make run`, `vaegan promote`, `make check-champion`, `vaegan reproduce` use the team's
@@ -15,10 +16,12 @@ Prefect's home, the credentials (0600), one log and one pid file per process.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from vaegan.errors import VaeganError
+from vaegan.flows.team_workspace import REMOTE_URL_VARIABLE, use_team_remote
 from vaegan.team.layout import DEFAULT_ROOT, Ports, TeamLayout
 from vaegan.team.stack import POOLS, Stack
 
@@ -47,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("down", help="stop workers and servers; the data stays")
     commands.add_parser("status", help="each server and worker: up, stopped or not answering")
+    commands.add_parser(
+        "connect",
+        help="make the team's S3 remote this checkout's default DVC remote (in .dvc/config.local; "
+        "run it with the env file sourced)",
+    )
     worker = commands.add_parser("worker", help="start one more process worker on this machine")
     worker.add_argument("--pool", default=POOLS[0], choices=POOLS, help=f"work pool (default {POOLS[0]})")
     return parser
@@ -81,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, state, where in rows:
                 print(f"{name:<22} {state:<28} {where}")
             return 0 if all(state.startswith("up") for _, state, _ in rows) else 3
+        elif args.command == "connect":
+            remote = use_team_remote(".")
+            if remote is None:
+                raise VaeganError(f"{REMOTE_URL_VARIABLE} is not set: `source .team/env` first")
+            print(f"DVC remote {remote!r} ({os.environ[REMOTE_URL_VARIABLE]}) is this checkout's default")
         else:
             if layout.read_ports() is None:
                 raise VaeganError(f"no team stack in {layout.root}: start it first (make serve-team)")

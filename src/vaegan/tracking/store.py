@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from vaegan.errors import RegistryError, ServiceUnavailable, first_line
@@ -135,7 +136,14 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.search_experiments(max_results=1)
-    except Exception as exc:  # mlflow raises MlflowException, requests/sqlalchemy errors, ...
+    except MlflowException as exc:
+        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            raise RegistryError(
+                f"MLflow at {uri!r} refused the credentials (MLFLOW_TRACKING_USERNAME / "
+                f"MLFLOW_TRACKING_PASSWORD: in team mode, `source .team/env`): {exc.error_code}"
+            ) from exc
+        raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
+    except Exception as exc:  # requests/sqlalchemy errors, ...
         raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
     return client
 

@@ -1,0 +1,245 @@
+"""Team mode for real: `python -m vaegan.team up` starts PostgreSQL, the S3 server, MLflow and Prefect
+with auth and a worker per pool, in a temporary folder on free ports of 127.0.0.1; a retrain submitted
+through the Prefect API runs on a worker in its own clone and leaves everything on the team's servers;
+the registry lock is a PostgreSQL advisory lock that a killed holder frees; bad input is one line.
+
+One stack serves the module (its start costs ~30 s cold); `down` and a second `up` run last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vaegan.errors import RegistryError
+from vaegan.registry.lock import registry_lock
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_PARAMS = {
+    "data.source": "sample",
+    "model.preset": "seed",
+    "evaluator.epochs": 1,
+    "train.epochs": 1,
+    "train.limit_train_images": 512,
+    "train.batch_size": 64,
+    "train.checkpoint_every": 4,
+    "train.log_every": 4,
+    "train.device": "cpu",
+    "evaluate.num_samples": 500,
+    "evaluate.device": "cpu",
+    "registry.max_fid": 1.0e9,
+}
+SERVERS = ("postgres", "s3", "mlflow", "prefect")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def team_command(state: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vaegan.team", "--dir", str(state), *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def up_args(ports: list[int]) -> list[str]:
+    names = ("--postgres-port", "--s3-port", "--mlflow-port", "--prefect-port")
+    return ["up", *(arg for name, port in zip(names, ports, strict=True) for arg in (name, str(port)))]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of the env file, read by the shell that members use."""
+    printed = subprocess.run(
+        ["bash", "-c", f"set -a; source {path}; env -0"], capture_output=True, check=True
+    ).stdout.decode()
+    return dict(item.split("=", 1) for item in printed.split("\0") if "=" in item)
+
+
+def http_status(url: str, auth: str | None = None, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    if auth:
+        request.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def pids(state: Path) -> dict[str, int]:
+    return {path.stem: json.loads(path.read_text())["pid"] for path in (state / "run").glob("*.pid")}
+
+
+@dataclass
+class Team:
+    root: Path
+    state: Path
+    ports: list[int]
+    env: dict[str, str]  # the env file's variables on top of this process's environment
+
+
+@pytest.fixture(scope="module")
+def team() -> Iterator[Team]:
+    # PostgreSQL runs as an unprivileged user when the tests run as root: its folder must be
+    # reachable by others, which pytest's 0700 temporary root is not
+    root = Path(tempfile.mkdtemp(prefix="vaegan-team-test-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    state = root / "state"
+    ports = free_ports(4)
+    started = team_command(state, *up_args(ports))
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        env = {**os.environ, **read_env_file(state / "env")}
+        yield Team(root, state, ports, env)
+    finally:
+        team_command(state, "down")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_up_starts_every_server_bound_to_localhost_with_private_credentials(team: Team) -> None:
+    status = team_command(team.state, "status")
+    assert status.returncode == 0, status.stdout
+    rows = {line.split()[0]: line for line in status.stdout.splitlines()}
+    assert set(rows) == {*SERVERS, "worker-vaegan-cpu-0", "worker-vaegan-gpu-0"}
+    assert all(" up (pid " in row for row in rows.values())
+    for name in ("env", "credentials.json"):
+        assert (team.state / name).stat().st_mode & 0o777 == 0o600
+    for port in team.ports:  # bound to 127.0.0.1 only
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) == 0
+    assert team.env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{team.ports[2]}"
+    assert team.env["PREFECT_API_URL"] == f"http://127.0.0.1:{team.ports[3]}/api"
+
+
+def test_mlflow_and_prefect_refuse_requests_without_credentials(team: Team) -> None:
+    mlflow = f"{team.env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
+    mlflow_auth = f"{team.env['MLFLOW_TRACKING_USERNAME']}:{team.env['MLFLOW_TRACKING_PASSWORD']}"
+    assert http_status(mlflow) == 401
+    assert http_status(mlflow, "someone:wrong") == 401
+    assert http_status(mlflow, mlflow_auth) == 200
+    prefect = f"{team.env['PREFECT_API_URL']}/flows/filter"
+    assert http_status(prefect, data=b"{}") == 401
+    assert http_status(prefect, "vaegan:wrong", data=b"{}") == 401
+    assert http_status(prefect, team.env["PREFECT_API_AUTH_STRING"], data=b"{}") == 200
+
+
+def test_a_second_up_finds_the_running_stack(team: Team) -> None:
+    before = pids(team.state)
+    again = team_command(team.state, "up")
+    assert again.returncode == 0, again.stderr
+    for name in ("s3", "mlflow", "prefect"):
+        assert f"{name:<10} running (pid {before[name]})" in again.stdout
+    assert pids(team.state) == before
+
+
+def test_a_killed_server_leaves_a_stale_pid_file_that_up_replaces(team: Team) -> None:
+    old = pids(team.state)["s3"]
+    os.killpg(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{old}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    again = team_command(team.state, "up")
+    assert again.returncode == 0, again.stderr
+    assert f"stale pid file {team.state / 'run' / 's3.pid'} (its process is gone): removed" in again.stdout
+    assert pids(team.state)["s3"] != old
+    assert http_status(f"http://127.0.0.1:{team.ports[1]}/") == 403  # up again, and still wants a key
+
+
+def test_a_taken_port_stops_up_before_anything_starts(team: Team) -> None:
+    state = team.root / "second"
+    ports = free_ports(4)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports[2]))
+        squatter.listen()
+        started = team_command(state, *up_args(ports))
+    assert started.returncode == 2
+    err = started.stderr.strip().splitlines()
+    assert err == [
+        f"vaegan team up: error: port {ports[2]} on 127.0.0.1 (mlflow) is taken by another program: stop it, "
+        "or start a new stack with another port (--mlflow-port) in another folder (--dir)"
+    ]
+    assert not (state / "postgres").exists() and pids(state) == {}
+
+
+def test_a_wrong_password_is_one_line_and_exit_2(team: Team, tmp_path: Path) -> None:
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    env = {**team.env, "MLFLOW_TRACKING_PASSWORD": "wrong"}
+    done = subprocess.run(
+        [sys.executable, "-m", "vaegan", "promote", "--dry-run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "refused the credentials" in err[0] and "UNAUTHENTICATED" in err[0], err
+
+
+HOLD_LOCK = """
+import sys, time
+from vaegan.registry.lock import registry_lock
+with registry_lock(sys.argv[1], shared=sys.argv[2] == "shared"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_lock(team: Team, kind: str) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, team.env["MLFLOW_TRACKING_URI"], kind],
+        env=team.env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_the_registry_lock_is_an_advisory_lock_that_a_killed_holder_frees(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAEGAN_REGISTRY_LOCK_URL", team.env["VAEGAN_REGISTRY_LOCK_URL"])
+    # the same server by another name meets the same lock (a file lock per URI would not)
+    other_name = team.env["MLFLOW_TRACKING_URI"].replace("127.0.0.1", "localhost")
+    holder = hold_lock(team, "exclusive")
+    try:
+        with pytest.raises(RegistryError, match="still held after 1 s"):
+            with registry_lock(other_name, shared=True, timeout_s=1):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no unlock is ever sent; PostgreSQL frees it with the connection
+        holder.wait()
+    started = time.monotonic()
+    with registry_lock(other_name, timeout_s=30) as held:
+        assert held.startswith("exclusive advisory lock") and "vaegan_lock@" in held
+    assert time.monotonic() - started < 10
+    readers = [hold_lock(team, "shared"), hold_lock(team, "shared")]  # readers share it
+    try:
+        with pytest.raises(RegistryError, match="still held"):
+            with registry_lock(other_name, timeout_s=1):
+                pass
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
