@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
+from vaegan.artifacts.provenance import sha256_file
 from vaegan.errors import RegistryError
 from vaegan.registry.lock import registry_lock
 
@@ -60,7 +64,9 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def team_command(state: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def team_command(
+    state: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vaegan.team", "--dir", str(state), *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -110,8 +116,10 @@ def team() -> Iterator[Team]:
     root = Path(tempfile.mkdtemp(prefix="vaegan-team-test-", dir="/tmp"))
     os.chmod(root, 0o755)
     state = root / "state"
+    (root / "tmp").mkdir()
     ports = free_ports(4)
-    started = team_command(state, *up_args(ports))
+    # the workers (children of `up`) make their flow runs' temporary folders under root/tmp
+    started = team_command(state, *up_args(ports), env={**os.environ, "TMPDIR": str(root / "tmp")})
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         env = {**os.environ, **read_env_file(state / "env")}
@@ -224,9 +232,11 @@ def test_the_registry_lock_is_an_advisory_lock_that_a_killed_holder_frees(
     other_name = team.env["MLFLOW_TRACKING_URI"].replace("127.0.0.1", "localhost")
     holder = hold_lock(team, "exclusive")
     try:
-        with pytest.raises(RegistryError, match="still held after 1 s"):
-            with registry_lock(other_name, shared=True, timeout_s=1):
-                pass
+        with (
+            pytest.raises(RegistryError, match="still held after 1 s"),
+            registry_lock(other_name, shared=True, timeout_s=1),
+        ):
+            pass
     finally:
         holder.kill()  # SIGKILL: no unlock is ever sent; PostgreSQL frees it with the connection
         holder.wait()
@@ -236,10 +246,86 @@ def test_the_registry_lock_is_an_advisory_lock_that_a_killed_holder_frees(
     assert time.monotonic() - started < 10
     readers = [hold_lock(team, "shared"), hold_lock(team, "shared")]  # readers share it
     try:
-        with pytest.raises(RegistryError, match="still held"):
-            with registry_lock(other_name, timeout_s=1):
-                pass
+        with pytest.raises(RegistryError, match="still held"), registry_lock(other_name, timeout_s=1):
+            pass
     finally:
         for reader in readers:
             reader.kill()
             reader.wait()
+
+
+def test_a_retrain_runs_on_a_worker_in_its_own_clone_and_leaves_everything_on_the_servers(
+    team: Team, tmp_path: Path
+) -> None:
+    submitted = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "retrain/on-demand",
+         "--param", "profile=null", "--param", f"params={json.dumps(TINY_PARAMS)}",
+         "--watch", "--watch-timeout", "1200"],
+        env=team.env, capture_output=True, text=True, timeout=1300,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", submitted.stdout)
+    assert flow_run_id is not None and "Completed" in submitted.stdout, submitted.stdout[-2000:]
+
+    # the registered champion names the flow run that made it
+    from mlflow.tracking import MlflowClient
+
+    for name, value in team.env.items():
+        if name.startswith(("MLFLOW_", "AWS_")):
+            os.environ[name] = value
+    client = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("vaegan-decoder", "champion")
+    encoder = client.get_model_version_by_alias("vaegan-encoder", "champion")
+    assert champion.tags["prefect.flow_run_id"] == flow_run_id.group(1)
+    assert champion.tags["pair_id"] == encoder.tags["pair_id"]
+    run_name = champion.tags["prefect.flow_run_name"]
+
+    # nothing of the run is left on the worker: its clone was a temporary folder, removed
+    assert list((team.root / "tmp").glob("*prefect")) == []
+    # its params.yaml, dvc.lock and metrics are the branch runs/<flow run> of the team's remote
+    clone = tmp_path / "member"
+    subprocess.run(
+        ["git", "clone", "-q", "-b", f"runs/{run_name}", team.env["VAEGAN_GIT_REMOTE"], str(clone)],
+        check=True,
+    )
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    assert params["train"]["limit_train_images"] == 512 and params["model"]["preset"] == "seed"
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    assert "export" in lock["stages"]
+
+    # a fresh clone with only the env file pulls the run's outputs and samples the champion
+    def member(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=clone, env=team.env, capture_output=True, text=True, timeout=600)
+
+    assert member(sys.executable, "-m", "vaegan.team", "connect").returncode == 0
+    pulled = member(sys.executable, "-m", "dvc", "pull", "-q", "export")
+    assert pulled.returncode == 0, pulled.stderr
+    export = json.loads((clone / "metrics" / "export.json").read_text())
+    assert sha256_file(clone / "models" / "onnx" / "decoder.onnx") == export["decoder"]["sha256"]
+    sampled = member(
+        str(Path(sys.executable).parent / "vaegan"), "sample", "--model", "models:/vaegan-decoder@champion",
+        "--n", "16", "--out", str(tmp_path / "grid.png"),
+    )  # fmt: skip
+    assert sampled.returncode == 0, sampled.stderr
+    png = (tmp_path / "grid.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24])[0] > 4 * 28  # a 4 x 4 grid of digits
+
+
+def test_down_stops_everything_and_keeps_the_data(team: Team) -> None:
+    before = pids(team.state)
+    stopped = team_command(team.state, "down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert pids(team.state) == {}
+    assert all(not Path(f"/proc/{pid}").exists() for pid in before.values())
+    status = team_command(team.state, "status")
+    assert status.returncode == 3 and all(
+        "stopped" in line for line in status.stdout.splitlines() if line.split()[0] in SERVERS
+    )
+    again = team_command(team.state, "up", env={**os.environ, "TMPDIR": str(team.root / "tmp")})
+    assert again.returncode == 0, again.stderr
+    assert "initialising" not in again.stdout and "created database" not in again.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+    assert client.get_model_version_by_alias("vaegan-decoder", "champion").version == "1"
