@@ -10,7 +10,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run repro check-champion reproduce test test-slow test-all lint format bench serve ui lock clean
+.PHONY: help setup run repro check-champion reproduce test test-slow test-all lint format bench serve ui lock clean \
+	serve-team team-down team-status worker
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -59,6 +60,19 @@ bench: setup ## measure speed and memory of every stage (writes bench/results/<d
 
 serve: setup ## start Prefect + MLflow servers on 127.0.0.1 and register the deployments
 	$(BIN)/python -m pipelines.serve
+
+serve-team: setup ## start the team stack in .team/ (PostgreSQL, S3, MLflow, Prefect, workers); then `source .team/env`
+	$(BIN)/python -m vaegan.team up $(ARGS)
+
+team-down: setup ## stop the team stack's workers and servers (the data stays in .team/)
+	$(BIN)/python -m vaegan.team down
+
+team-status: setup ## each server and worker of the team stack: up, stopped or not answering
+	$(BIN)/python -m vaegan.team status
+
+POOL ?= vaegan-cpu
+worker: setup ## start one more process worker of the team stack on this machine (POOL=vaegan-cpu|vaegan-gpu)
+	$(BIN)/python -m vaegan.team worker --pool $(POOL)
 
 ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlflow.db (runs, metrics, registered models)
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db

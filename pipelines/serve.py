@@ -20,14 +20,14 @@ import argparse
 import contextlib
 import os
 import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from vaegan.errors import VaeganError
+from vaegan.services.daemons import Daemon, ServiceError, answers, port_in_use, wait_until
+
+SERVE_DIR = Path(".serve")
 DAILY_CRON = "0 6 * * *"
 WEEKLY_CRON = "0 4 * * 1"
 
@@ -64,33 +64,32 @@ def build_deployments(cron: str = DAILY_CRON, weekly_cron: str = WEEKLY_CRON) ->
     ]
 
 
-def wait_until_up(url: str, what: str, timeout_s: float) -> None:
-    """Poll `url` until it answers 200, or raise with the server named."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{what} did not answer at {url} within {timeout_s:.0f} s")
-
-
-@contextlib.contextmanager
-def background(argv: list[str], log_path: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `argv` as a child process for the duration of the block, its output in `log_path`."""
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+def start_server(
+    stack: contextlib.ExitStack,
+    name: str,
+    argv: list[str],
+    *,
+    host: str,
+    port: int,
+    health_url: str,
+    timeout_s: float,
+) -> None:
+    """Start one server (its own process group, output in .serve/<name>.log), stopped with the
+    stack; ServiceError at once when its port is taken or it dies during start-up."""
+    if port_in_use(host, port):
+        raise ServiceError(
+            f"port {port} on {host} ({name}) is taken by another program: stop it or pass --{name}-port"
+        )
+    daemon = Daemon(name, SERVE_DIR / f"{name}.pid", SERVE_DIR / f"{name}.log")
+    process = daemon.start([os.path.join(os.path.dirname(sys.executable), argv[0]), *argv[1:]])
+    stack.callback(daemon.stop)
+    wait_until(
+        lambda: answers(health_url),
+        daemon=daemon,
+        process=process,
+        timeout_s=timeout_s,
+        what=f"{name} server",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,31 +111,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (systemd, docker stop, timeout) unwinds like Ctrl-C, so the child servers are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    os.makedirs(".serve", exist_ok=True)
-    bin_dir = os.path.dirname(sys.executable)
+    try:
+        serve_all(args)
+    except VaeganError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("serve: stopped (Ctrl-C); the servers it started are stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+def serve_all(args: argparse.Namespace) -> None:
+    """Start the servers that are not given by the environment, then serve the deployments; every
+    server started here is stopped on the way out (Ctrl-C, SIGTERM or a failed start)."""
+    SERVE_DIR.mkdir(exist_ok=True)
     with contextlib.ExitStack() as stack:
-
-        def start(name: str, argv: list[str], health_url: str) -> None:
-            """Start one server as a child process (output in .serve/<name>.log) and wait for it."""
-            stack.enter_context(background([os.path.join(bin_dir, argv[0]), *argv[1:]], f".serve/{name}.log"))
-            wait_until_up(health_url, f"{name} server", args.startup_timeout)
-
         if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
             mlflow_url = f"http://{args.host}:{args.mlflow_port}"
-            start(
-                "mlflow",
+            start_server(
+                stack, "mlflow",
                 ["mlflow", "server", "--host", args.host, "--port", str(args.mlflow_port),
                  "--backend-store-uri", "sqlite:///mlflow.db", "--artifacts-destination", "mlartifacts"],
-                f"{mlflow_url}/health",
+                host=args.host, port=args.mlflow_port, health_url=f"{mlflow_url}/health",
+                timeout_s=args.startup_timeout,
             )  # fmt: skip
             os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
         if not os.environ.get("PREFECT_API_URL"):
             prefect_api = f"http://{args.host}:{args.prefect_port}/api"
-            start(
-                "prefect",
+            start_server(
+                stack, "prefect",
                 ["prefect", "server", "start", "--host", args.host, "--port", str(args.prefect_port)],
-                f"{prefect_api}/health",
-            )
+                host=args.host, port=args.prefect_port, health_url=f"{prefect_api}/health",
+                timeout_s=args.startup_timeout,
+            )  # fmt: skip
             os.environ["PREFECT_API_URL"] = prefect_api
         print(f"MLflow UI:  {os.environ['MLFLOW_TRACKING_URI']}")
         print(f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}")

@@ -9,6 +9,7 @@ system has given to another program since is recognised as stale, not killed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -16,6 +17,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +174,20 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def answers(url: str, auth: str | None = None, *, ok_only: bool = True) -> bool:
+    """True when `url` answers (200 when `ok_only`, any HTTP status otherwise)."""
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200 or not ok_only
+    except urllib.error.HTTPError:
+        return not ok_only
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def wait_until(

@@ -10,17 +10,14 @@ workers and servers and leaves every byte of data in place.
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vaegan.services.daemons import Daemon, ServiceError, port_in_use, wait_until
+from vaegan.services.daemons import Daemon, ServiceError, answers, port_in_use, wait_until
 from vaegan.services.postgres import Cluster
 from vaegan.team import environment as env
 from vaegan.team.credentials import Credentials, load_or_create, write_private
@@ -35,20 +32,6 @@ DATABASES = ("prefect", "mlflow", "mlflow_auth", env.LOCK_DATABASE)
 def _bin(name: str) -> str:
     """A program of this interpreter's environment (mlflow, prefect, rclone)."""
     return str(Path(sys.executable).parent / name)
-
-
-def answers(url: str, auth: str | None = None, *, ok_only: bool = True) -> bool:
-    """True when `url` answers (200 when `ok_only`, any HTTP status otherwise)."""
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status == 200 or not ok_only
-    except urllib.error.HTTPError:
-        return not ok_only
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @dataclass
