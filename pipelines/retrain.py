@@ -101,8 +101,8 @@ def promote(config: Config, registration: Registration) -> PromotionDecision:
 
 
 @task(retries=3, retry_delay_seconds=15, task_run_name="dvc push")
-def push(remote: str | None) -> str:
-    dvc_stages.push(".", remote, on_line=get_run_logger().info)
+def push(remote: str | None, run_cache: bool = False) -> str:
+    dvc_stages.push(".", remote, on_line=get_run_logger().info, run_cache=run_cache)
     return remote or "default"
 
 
@@ -155,7 +155,7 @@ def retrain(
         registration = register(config)
         previous = champion_metrics(config)
         decision = promote(config, registration) if promote_model else None
-        pushed_to = push(remote or team_remote) if push_remote else None
+        pushed_to = push(remote or team_remote, run_cache=team_remote is not None) if push_remote else None
         run_branch = publish(run_name) if is_team_clone(".") else None
     except BaseException as exc:
         restore_workspace(snapshot)

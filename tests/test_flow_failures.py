@@ -33,7 +33,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (["--set", "evaluate.precision_recall_k=20000"], "retrain: error: evaluate.precision_recall_k"),
         (
             ["--profile", "nope"],
-            "retrain: error: --profile: unknown profile 'nope' (known: full, long, quick, none)",
+            "retrain: error: --profile: unknown profile 'nope' (known: full, long, quick, smoke, none)",
         ),
     ],
 )

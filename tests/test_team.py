@@ -25,10 +25,12 @@ from base64 import b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from bench.team import free_ports, read_env_file
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.errors import RegistryError
 from vaegan.registry.lock import registry_lock
@@ -36,32 +38,7 @@ from vaegan.registry.lock import registry_lock
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_PARAMS = {
-    "data.source": "sample",
-    "model.preset": "seed",
-    "evaluator.epochs": 1,
-    "train.epochs": 1,
-    "train.limit_train_images": 512,
-    "train.batch_size": 64,
-    "train.checkpoint_every": 4,
-    "train.log_every": 4,
-    "train.device": "cpu",
-    "evaluate.num_samples": 500,
-    "evaluate.device": "cpu",
-    "registry.max_fid": 1.0e9,
-}
 SERVERS = ("postgres", "s3", "mlflow", "prefect")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def team_command(
@@ -76,14 +53,6 @@ def team_command(
 def up_args(ports: list[int]) -> list[str]:
     names = ("--postgres-port", "--s3-port", "--mlflow-port", "--prefect-port")
     return ["up", *(arg for name, port in zip(names, ports, strict=True) for arg in (name, str(port)))]
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """The variables of the env file, read by the shell that members use."""
-    printed = subprocess.run(
-        ["bash", "-c", f"set -a; source {path}; env -0"], capture_output=True, check=True
-    ).stdout.decode()
-    return dict(item.split("=", 1) for item in printed.split("\0") if "=" in item)
 
 
 def http_status(url: str, auth: str | None = None, data: bytes | None = None) -> int:
@@ -107,6 +76,7 @@ class Team:
     state: Path
     ports: list[int]
     env: dict[str, str]  # the env file's variables on top of this process's environment
+    up_env: dict[str, str]  # what `up` and `worker` run with: their workers inherit it
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +88,15 @@ def team() -> Iterator[Team]:
     state = root / "state"
     (root / "tmp").mkdir()
     ports = free_ports(4)
-    # the workers (children of `up`) make their flow runs' temporary folders under root/tmp
-    started = team_command(state, *up_args(ports), env={**os.environ, "TMPDIR": str(root / "tmp")})
+    # The workers (children of `up`) make their flow runs' temporary folders under root/tmp, and
+    # train on one thread each: several runs share the 2 cores without OpenMP threads spinning
+    # against each other.
+    up_env = {**os.environ, "TMPDIR": str(root / "tmp"), "OMP_NUM_THREADS": "1"}
+    started = team_command(state, *up_args(ports), env=up_env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         env = {**os.environ, **read_env_file(state / "env")}
-        yield Team(root, state, ports, env)
+        yield Team(root, state, ports, env, up_env)
     finally:
         team_command(state, "down")
         shutil.rmtree(root, ignore_errors=True)
@@ -259,7 +232,7 @@ def test_a_retrain_runs_on_a_worker_in_its_own_clone_and_leaves_everything_on_th
 ) -> None:
     submitted = subprocess.run(
         [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "retrain/on-demand",
-         "--param", "profile=null", "--param", f"params={json.dumps(TINY_PARAMS)}",
+         "--param", "profile=smoke",
          "--watch", "--watch-timeout", "1200"],
         env=team.env, capture_output=True, text=True, timeout=1300,
     )  # fmt: skip
@@ -312,6 +285,81 @@ def test_a_retrain_runs_on_a_worker_in_its_own_clone_and_leaves_everything_on_th
     assert struct.unpack(">II", png[16:24])[0] > 4 * 28  # a 4 x 4 grid of digits
 
 
+def registered_versions(client: Any, name: str) -> list[Any]:
+    return sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def test_many_runs_at_once_from_several_people_lose_nothing(team: Team, tmp_path: Path) -> None:
+    """6 retrains (4 params, 2 exact repeats), 8 champion checks and 2 reproduce checks submitted at
+    once through the Prefect API to 2 workers a pool, and a `vaegan promote` from a plain checkout."""
+    from mlflow.tracking import MlflowClient
+
+    # main becomes the first run's branch (its params and dvc.lock, outputs on S3): what the
+    # scheduled checks and the retrains start from, as after a team merges a good run
+    client = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+    first = client.get_model_version_by_alias("vaegan-decoder", "champion").tags["prefect.flow_run_name"]
+    remote = team.env["VAEGAN_GIT_REMOTE"].removeprefix("file://")
+    subprocess.run(["git", "--git-dir", remote, "branch", "-f", "main", f"runs/{first}"], check=True)
+    for pool in ("vaegan-gpu", "vaegan-cpu"):
+        added = team_command(team.state, "worker", "--pool", pool, env=team.up_env)
+        assert added.returncode == 0 and f"worker-{pool}-1 started" in added.stdout, added.stderr
+    before = len(registered_versions(client, "vaegan-decoder"))
+    seeds = [1, 2, 3, 4, 1, 2]  # the last two repeat the first two exactly
+    spec = [
+        *({"deployment": "retrain/on-demand", "parameters": {"profile": "smoke", "params": {"train.seed": s}}}
+          for s in seeds),
+        *({"deployment": "check-champion/daily", "parameters": {"seed": s}} for s in range(8)),
+        *({"deployment": "reproduce/weekly", "parameters": {"check_only": True}} for _ in range(2)),
+    ]  # fmt: skip
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    load = subprocess.Popen(
+        [sys.executable, "-m", "bench.flow_runs", str(tmp_path / "spec.json"), "2400"],
+        cwd=REPO_ROOT, env=team.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # meanwhile a team member promotes from a plain checkout
+    member = tmp_path / "member"
+    member.mkdir()
+    subprocess.run(
+        ["git", "--git-dir", remote, "show", "main:params.yaml"],
+        stdout=(member / "params.yaml").open("w"),
+        check=True,
+    )
+    time.sleep(60)
+    promoted = subprocess.run(
+        [str(Path(sys.executable).parent / "vaegan"), "promote"],
+        cwd=member, env=team.env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert promoted.returncode == 0, promoted.stderr
+    out, err = load.communicate(timeout=2700)
+    assert load.returncode == 0, err[-3000:]
+    runs = json.loads(out)
+    for item, run in zip(spec, runs, strict=True):
+        assert run["state"] == "COMPLETED" or (run["state"] == "FAILED" and run["message"]), (item, run)
+    retrains = runs[: len(seeds)]
+    assert all(run["state"] == "COMPLETED" for run in retrains), retrains
+
+    # the repeats made no new registered version: 4 distinct models, 4 new versions
+    decoders = registered_versions(client, "vaegan-decoder")
+    assert len(decoders) == before + 4, [(v.version, v.tags.get("prefect.flow_run_name")) for v in decoders]
+    champion = client.get_model_version_by_alias("vaegan-decoder", "champion")
+    encoder = client.get_model_version_by_alias("vaegan-encoder", "champion")
+    assert champion.tags["pair_id"] == encoder.tags["pair_id"]
+    # the promotions form one chain: each read the champion the previous one wrote
+    promoted_versions = sorted(
+        (v for v in decoders if v.tags.get("promotion.decision") == "promoted"),
+        key=lambda v: v.tags["promotion.timestamp"] + v.tags["promotion.run_id"],
+    )
+    encoder_of = {v.tags["pair_id"]: v.version for v in registered_versions(client, "vaegan-encoder")}
+    expected_before = "none"
+    for version in promoted_versions:
+        assert version.tags["promotion.champion_before"] == expected_before, version.tags
+        expected_before = f"decoder v{version.version} + encoder v{encoder_of[version.tags['pair_id']]}"
+    assert promoted_versions[-1].version == champion.version
+    for log in (team.state / "logs").glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert "database is locked" not in text and "still held after" not in text, log
+
+
 def test_down_stops_everything_and_keeps_the_data(team: Team) -> None:
     before = pids(team.state)
     stopped = team_command(team.state, "down")
@@ -322,7 +370,7 @@ def test_down_stops_everything_and_keeps_the_data(team: Team) -> None:
     assert status.returncode == 3 and all(
         "stopped" in line for line in status.stdout.splitlines() if line.split()[0] in SERVERS
     )
-    again = team_command(team.state, "up", env={**os.environ, "TMPDIR": str(team.root / "tmp")})
+    again = team_command(team.state, "up", env=team.up_env)
     assert again.returncode == 0, again.stderr
     assert "initialising" not in again.stdout and "created database" not in again.stdout
     from mlflow.tracking import MlflowClient

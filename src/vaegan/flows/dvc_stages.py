@@ -126,9 +126,14 @@ def push(
     repo_dir: str | os.PathLike[str] = ".",
     remote: str | None = None,
     on_line: Callable[[str], None] | None = None,
+    *,
+    run_cache: bool = False,
 ) -> str:
-    """`dvc push` of every tracked output to `remote` (DVC's default remote when None)."""
-    code, output = run_dvc(["push", *(["-r", remote] if remote else [])], repo_dir, on_line)
+    """`dvc push` of every tracked output to `remote` (DVC's default remote when None); with
+    `run_cache`, DVC's run cache too, so that `dvc repro --pull` elsewhere restores a stage that ran
+    here with the same deps and params instead of running it again."""
+    args = ["push", *(["-r", remote] if remote else []), *(["--run-cache"] if run_cache else [])]
+    code, output = run_dvc(args, repo_dir, on_line)
     if code != 0:
         raise StageFailed(f"dvc push failed (exit {code}):\n{error_lines(output)}")
     return output

@@ -304,18 +304,37 @@ def register_models(*, config: Config, repo_dir: str | Path = ".") -> Registrati
         **orchestration_tags(),
     }
     shared_tags = version_tags(eval_metrics, provenance)
-    latent_dim = export_metrics.get("latent_dim")
+    names = {"decoder": config.registry.decoder_name, "encoder": config.registry.encoder_name}
+    client, uri = connect_registry(config.tracking)
+    # Held from the look-up to the alias move: two runs that exported the same model (a repeat on
+    # another worker) register it once, the second finds the first's versions.
+    with registry_lock(uri):
+        with mlflow_errors("look up earlier registrations"):
+            existing = _existing_registration(client, names, shared_tags, export_metrics)
+        if existing is not None:
+            log.info(
+                "this export (checkpoint %s) is already registered as %s: nothing to register",
+                provenance["checkpoint_sha256"][:12], ", ".join(existing.model_uris.values()),
+            )  # fmt: skip
+            return existing
+        return _register_new(client, config, files, export_metrics, eval_metrics, payload, provenance)
+
+
+def _register_new(
+    client: MlflowClient,
+    config: Config,
+    files: Mapping[str, Path],
+    export_metrics: Mapping[str, Any],
+    eval_metrics: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    provenance: Mapping[str, str],
+) -> Registration:
+    """Log both ONNX models in a new `register` run, create their versions and point `challenger`
+    at them (the caller holds the registry lock)."""
     registry = config.registry
     names = {"decoder": registry.decoder_name, "encoder": registry.encoder_name}
-    client, uri = connect_registry(config.tracking)
-    with mlflow_errors("look up earlier registrations"):
-        existing = _existing_registration(client, names, shared_tags, export_metrics)
-    if existing is not None:
-        log.info(
-            "this export (checkpoint %s) is already registered as %s: nothing to register",
-            provenance["checkpoint_sha256"][:12], ", ".join(existing.model_uris.values()),
-        )  # fmt: skip
-        return existing
+    latent_dim = export_metrics.get("latent_dim")
+    shared_tags = version_tags(eval_metrics, provenance)
     with mlflow_errors("register"), tempfile.TemporaryDirectory(prefix="vaegan-register-") as work:
         run_experiment = experiment_id(client, config.tracking)
         run_tags = {"vaegan.stage": "register", **provenance}
@@ -353,10 +372,9 @@ def register_models(*, config: Config, repo_dir: str | Path = ".") -> Registrati
                     model_id=logged[role].model_id,
                 )
                 versions[role] = str(version.version)
-            with registry_lock(uri):
-                for role in ROLES:
-                    client.set_registered_model_alias(names[role], CHALLENGER, versions[role])
-                check_alias_pair(client, registry, CHALLENGER, pair_id)
+            for role in ROLES:
+                client.set_registered_model_alias(names[role], CHALLENGER, versions[role])
+            check_alias_pair(client, registry, CHALLENGER, pair_id)
             mlflow.set_tags({f"registry.{role}_version": versions[role] for role in ROLES})
     registration = Registration(
         decoder_version=versions["decoder"],

@@ -1,0 +1,51 @@
+"""Submit flow runs to the team's Prefect server at once and wait for every one (bench/team.py and
+tests/test_team.py).
+
+    python -m bench.flow_runs SPEC.json TIMEOUT_S     # with the team env file's variables set
+
+SPEC is a JSON list of {"deployment": "flow/deployment", "parameters": {...}}. Prints a JSON list, one
+object per run in SPEC's order: id, name, state (type name), message, submit-to-start seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from prefect import get_client
+from prefect.deployments import run_deployment
+
+
+def main() -> int:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    deadline = time.monotonic() + float(sys.argv[2])
+    runs = [run_deployment(item["deployment"], parameters=item["parameters"], timeout=0) for item in spec]
+    with get_client(sync_client=True) as client:
+        while True:
+            current = [client.read_flow_run(run.id) for run in runs]
+            if all(run.state is not None and run.state.is_final() for run in current):
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(5)
+    report = [
+        {
+            "id": str(run.id),
+            "name": run.name,
+            "state": run.state.type.value if run.state else "none",
+            "state_name": run.state.name if run.state else "none",
+            "message": (run.state.message or "") if run.state else "",
+            "start_latency_s": (run.start_time - run.created).total_seconds()
+            if run.start_time and run.created
+            else None,
+        }
+        for run in current
+    ]
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
