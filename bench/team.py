@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="vaegan-bench-team-", dir="/tmp"))
     os.chmod(root, 0o755)  # PostgreSQL's unprivileged user must reach it
     state = root / "state"
-    up_env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(root)}
+    up_env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ports = free_ports(4)
     names = ("--postgres-port", "--s3-port", "--mlflow-port", "--prefect-port")
     port_args = [arg for name, port in zip(names, ports, strict=True) for arg in (name, str(port))]

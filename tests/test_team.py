@@ -86,12 +86,10 @@ def team() -> Iterator[Team]:
     root = Path(tempfile.mkdtemp(prefix="vaegan-team-test-", dir="/tmp"))
     os.chmod(root, 0o755)
     state = root / "state"
-    (root / "tmp").mkdir()
     ports = free_ports(4)
-    # The workers (children of `up`) make their flow runs' temporary folders under root/tmp, and
-    # train on one thread each: several runs share the 2 cores without OpenMP threads spinning
-    # against each other.
-    up_env = {**os.environ, "TMPDIR": str(root / "tmp"), "OMP_NUM_THREADS": "1"}
+    # The workers (children of `up`) train on one thread each: several runs share the 2 cores
+    # without OpenMP threads spinning against each other.
+    up_env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = team_command(state, *up_args(ports), env=up_env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -254,7 +252,7 @@ def test_a_retrain_runs_on_a_worker_in_its_own_clone_and_leaves_everything_on_th
     run_name = champion.tags["prefect.flow_run_name"]
 
     # nothing of the run is left on the worker: its clone was a temporary folder, removed
-    assert list((team.root / "tmp").glob("*prefect")) == []
+    assert [p for p in (team.state / "workspaces").glob("*/*")] == []
     # its params.yaml, dvc.lock and metrics are the branch runs/<flow run> of the team's remote
     clone = tmp_path / "member"
     subprocess.run(

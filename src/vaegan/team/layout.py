@@ -79,6 +79,10 @@ class TeamLayout:
     def git_remote(self) -> Path:
         return self.root / "git" / "vaegan-ops.git"
 
+    def workspaces(self, worker: str) -> Path:
+        """Where `worker`'s flow runs make their temporary folders (each run's clone)."""
+        return self.root / "workspaces" / worker
+
     def pid_file(self, name: str) -> Path:
         return self.root / "run" / f"{name}.pid"
 

@@ -11,6 +11,7 @@ workers and servers and leaves every byte of data in place.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -261,18 +262,29 @@ class Stack:
         if pid is not None:
             self.on_line(f"{name} running (pid {pid})")
             return name
-        workdir = self.layout.root / "workers"
-        workdir.mkdir(exist_ok=True)
+        workspaces = self.layout.workspaces(name)
+        self._sweep(workspaces, name)
         argv = [
             _bin("prefect"), "worker", "start", "--pool", pool, "--type", "process",
             "--name", f"{os.uname().nodename}-{name}", "--limit", "1",
         ]  # fmt: skip
-        process = daemon.start(
-            argv, env=env.worker_environment(os.environ, self.member_environment()), cwd=workdir
-        )
+        environment = env.worker_environment(os.environ, self.member_environment())
+        # each flow run's temporary folder (its clone) is made under the worker's own folder
+        process = daemon.start(argv, env={**environment, "TMPDIR": str(workspaces)}, cwd=workspaces)
         self.started.append(name)
         self.on_line(f"{name} started (pid {process.pid}, log {daemon.log_file})")
         return name
+
+    def _sweep(self, workspaces: Path, name: str) -> None:
+        """Remove what a dead worker's runs left in its folder (a killed worker cannot clean up;
+        a worker that is starting runs nothing yet)."""
+        workspaces.mkdir(parents=True, exist_ok=True)
+        for leftover in sorted(workspaces.iterdir()):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink()
+            self.on_line(f"{name} removed {leftover} (left by a run whose worker died)")
 
     # --- down and status ----------------------------------------------------------------------------
 
