@@ -54,7 +54,8 @@ def test_a_pid_file_of_a_dead_process_is_stale_even_when_its_pid_is_taken_again(
     process = daemon.start([sys.executable, "-c", "import time; time.sleep(600)"])
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert daemon.stale() and daemon.pid() is None and not daemon.pid_file.exists()
+    assert daemon.stale() and daemon.pid() is None
+    assert daemon.clear_stale() and not daemon.pid_file.exists() and not daemon.clear_stale()
     # a live process of somebody else's with the recorded pid is not ours: only its start time differs
     other = daemon.start([sys.executable, "-c", "import time; time.sleep(600)"])
     try:

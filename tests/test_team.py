@@ -358,6 +358,84 @@ def test_many_runs_at_once_from_several_people_lose_nothing(team: Team, tmp_path
         assert "database is locked" not in text and "still held after" not in text, log
 
 
+def flow_run_state(team: Team, flow_run_id: str) -> str:
+    request = urllib.request.Request(f"{team.env['PREFECT_API_URL']}/flow_runs/{flow_run_id}")
+    credentials = b64encode(team.env["PREFECT_API_AUTH_STRING"].encode()).decode()
+    request.add_header("Authorization", f"Basic {credentials}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return str(json.loads(response.read())["state"]["type"])
+
+
+def processes_with(needle: bytes, part: str) -> list[int]:
+    """The live processes whose /proc/<pid>/<part> (cmdline, environ) contains `needle`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / part).read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def process_tree_root(pid: int, roots: set[int]) -> int | None:
+    """The first of `roots` among `pid` and its ancestors, None when there is none."""
+    while pid > 1:
+        if pid in roots:
+            return pid
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return None
+    return None
+
+
+def run_deployment_now(team: Team, *params: str) -> str:
+    """Submit a retrain without waiting; its flow run id."""
+    submitted = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "retrain/on-demand", *params],
+        env=team.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    found = re.search(r"UUID: ([0-9a-f-]{36})", submitted.stdout)
+    assert found is not None, submitted.stdout
+    return found.group(1)
+
+
+def test_a_worker_killed_during_training_crashes_its_run_and_another_worker_takes_the_next(
+    team: Team,
+) -> None:
+    params = ["--param", "profile=smoke", "--param", 'params={"train.seed": 11, "train.epochs": 4}']
+    flow_run_id = run_deployment_now(team, *params)
+    workers = {pid: name for name, pid in pids(team.state).items() if name.startswith("worker-vaegan-gpu")}
+    assert len(workers) == 2  # the load test added the second one
+    deadline, victim = time.monotonic() + 900, None
+    while victim is None and time.monotonic() < deadline:
+        for pid in processes_with(b"train\x00", "cmdline"):  # `vaegan train`, the stage
+            victim = victim or process_tree_root(pid, set(workers))
+        time.sleep(1)
+    assert victim is not None, "the train stage never started on a worker"
+    os.killpg(victim, signal.SIGKILL)  # the worker, its flow run and the stages: a machine that died
+    killed_at = time.monotonic()
+    while flow_run_state(team, flow_run_id) != "CRASHED":
+        assert time.monotonic() - killed_at < 300, flow_run_state(team, flow_run_id)
+        time.sleep(5)
+    # ~90 s without heartbeat, then the automation (see docs/team.md)
+    assert time.monotonic() - killed_at < 300
+    time.sleep(2)
+    # no orphan of the dead run goes on writing its clone: every process with its folder is gone
+    assert processes_with(str(team.state / "workspaces" / workers[victim]).encode(), "environ") == []
+    again = run_deployment_now(team, *params)
+    while flow_run_state(team, again) not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() - killed_at < 1500
+        time.sleep(5)
+    assert flow_run_state(team, again) == "COMPLETED"
+    restarted = team_command(team.state, "up", env=team.up_env)
+    assert restarted.returncode == 0, restarted.stderr
+    assert f"{workers[victim]} removed" in restarted.stdout  # its dead run's clone, swept
+    assert list(team.state.joinpath("workspaces", workers[victim]).iterdir()) == []
+
+
 def test_down_stops_everything_and_keeps_the_data(team: Team) -> None:
     before = pids(team.state)
     stopped = team_command(team.state, "down")

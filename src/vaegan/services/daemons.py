@@ -42,14 +42,11 @@ class Daemon:
     log_file: Path
 
     def pid(self) -> int | None:
-        """The pid of the running server, None when there is none; a stale pid file is removed."""
+        """The pid of the running server, None when there is none (or only a stale pid file)."""
         record = self._record()
-        if record is None:
+        if record is None or _start_time(record[0]) != record[1]:
             return None
-        if _start_time(record[0]) == record[1]:
-            return record[0]
-        self.pid_file.unlink(missing_ok=True)
-        return None
+        return record[0]
 
     def stale(self) -> bool:
         """True when a pid file is there but its process is gone (the previous run was killed)."""
@@ -90,6 +87,13 @@ class Daemon:
         record = {"pid": process.pid, "start_time": _start_time(process.pid), "argv": list(argv)}
         write_text(self.pid_file, json.dumps(record))
         return process
+
+    def clear_stale(self) -> bool:
+        """Remove a stale pid file; True when there was one."""
+        if self.stale():
+            self.pid_file.unlink(missing_ok=True)
+            return True
+        return False
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """SIGTERM to the server's process group, SIGKILL after `timeout_s`; False when none ran."""

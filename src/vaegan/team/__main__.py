@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from vaegan.errors import VaeganError
@@ -39,9 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start what is not running (idempotent) and write the env file")
-    up.add_argument("--host", default=DEFAULTS.host, help="address every server binds to (default 127.0.0.1)")
+    up.add_argument("--host", default=None, help="address every server binds to (default 127.0.0.1)")
     for name, port in DEFAULTS.named().items():
-        up.add_argument(f"--{name}-port", type=int, default=port, help=f"{name} port (default {port})")
+        up.add_argument(f"--{name}-port", type=int, default=None, help=f"{name} port (default {port})")
     up.add_argument("--workers", type=int, default=1, help="process workers per work pool (default 1)")
     up.add_argument(
         "--repo",
@@ -67,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             if args.workers < 0:
                 raise VaeganError(f"--workers {args.workers}: must be 0 or more")
-            ports = Ports(args.host, args.postgres_port, args.s3_port, args.mlflow_port, args.prefect_port)
-            stack = Stack.open(layout, ports)
+            chosen = {
+                "host": args.host, "postgres": args.postgres_port, "s3": args.s3_port,
+                "mlflow": args.mlflow_port, "prefect": args.prefect_port,
+            }  # fmt: skip
+            given = {key: value for key, value in chosen.items() if value is not None}
+            stack = Stack.open(layout, replace(DEFAULTS, **given) if given else None)
             stack.up(workers_per_pool=args.workers, repo=Path(args.repo).resolve())
             print(f"\nMLflow UI:  {stack.urls()['mlflow']}  (user {stack.credentials.mlflow_user})")
             print(f"Prefect UI: {stack.urls()['prefect']}")

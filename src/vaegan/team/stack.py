@@ -91,6 +91,7 @@ class Stack:
     def up(self, workers_per_pool: int = 1, repo: Path | None = None) -> None:
         """Start whatever of the stack is not running, then deploy the flows of `repo` (default: the
         working directory); on a failure stop what this call started."""
+        self._clear_stale()
         self._check_ports()
         self.layout.write_ports(self.ports)
         try:
@@ -107,6 +108,13 @@ class Stack:
         except BaseException:
             self._stop_started()
             raise
+
+    def _clear_stale(self) -> None:
+        """Remove the pid files whose process is gone (a reboot, a kill -9), saying so."""
+        for name in [*SERVERS, *self.workers()]:
+            daemon = self.daemon(name)
+            if daemon.clear_stale():
+                self.on_line(f"{name:<10} stale pid file {daemon.pid_file} (its process is gone): removed")
 
     def _check_ports(self) -> None:
         """ServiceError before anything starts when a port we need is taken by another program."""
@@ -136,8 +144,6 @@ class Stack:
 
     def _start_server(self, name: str, argv: list[str], environment: dict[str, str]) -> None:
         daemon = self.daemon(name)
-        if daemon.stale():
-            self.on_line(f"{name:<10} stale pid file {daemon.pid_file} (its process is gone): removed")
         pid = daemon.pid()
         if pid is not None:
             self.on_line(f"{name:<10} running (pid {pid})")
