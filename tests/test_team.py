@@ -165,16 +165,25 @@ def test_a_taken_port_stops_up_before_anything_starts(team: Team) -> None:
     assert not (state / "postgres").exists() and pids(state) == {}
 
 
-def test_a_wrong_password_is_one_line_and_exit_2(team: Team, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MLFLOW_TRACKING_PASSWORD", "wrong", "refused the credentials (MLFLOW_TRACKING_USERNAME"),
+        ("MLFLOW_TRACKING_URI", "http://127.0.0.1:{closed}", "is not reachable"),
+    ],
+)
+def test_a_wrong_password_or_an_unreachable_server_is_one_line_and_exit_2(
+    team: Team, tmp_path: Path, variable: str, value: str, message: str
+) -> None:
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
-    env = {**team.env, "MLFLOW_TRACKING_PASSWORD": "wrong"}
+    env = {**team.env, variable: value.format(closed=free_ports(1)[0])}
     done = subprocess.run(
         [sys.executable, "-m", "vaegan", "promote", "--dry-run"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     err = done.stderr.strip().splitlines()
-    assert len(err) == 1 and "refused the credentials" in err[0] and "UNAUTHENTICATED" in err[0], err
+    assert len(err) == 1 and message in err[0], err
 
 
 HOLD_LOCK = """
