@@ -409,6 +409,25 @@ def processes_with(needle: bytes, part: str) -> list[int]:
     return [pid for pid in found if pid != os.getpid()]
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and every live descendant of it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = (
+                int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else 0
+            )
+        except OSError:
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
 def process_tree_root(pid: int, roots: set[int]) -> int | None:
     """The first of `roots` among `pid` and its ancestors, None when there is none."""
     while pid > 1:
@@ -446,7 +465,8 @@ def test_a_worker_killed_during_training_crashes_its_run_and_another_worker_take
             victim = victim or process_tree_root(pid, set(workers))
         time.sleep(1)
     assert victim is not None, "the train stage never started on a worker"
-    os.killpg(victim, signal.SIGKILL)  # the worker, its flow run and the stages: a machine that died
+    for pid in process_tree(victim):  # the worker, its flow run and the stages: a machine that died
+        os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
     while flow_run_state(team, flow_run_id) != "CRASHED":
         assert time.monotonic() - killed_at < 300, flow_run_state(team, flow_run_id)
