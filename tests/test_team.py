@@ -409,17 +409,19 @@ def processes_with(needle: bytes, part: str) -> list[int]:
     return [pid for pid in found if pid != os.getpid()]
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
 def process_tree(root: int) -> list[int]:
     """`root` and every live descendant of it."""
-    children: dict[int, list[int]] = {}
+    children: dict[int | None, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        try:
-            parent = (
-                int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else 0
-            )
-        except OSError:
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
+        if entry.name.isdigit():
+            children.setdefault(parent_of(int(entry.name)), []).append(int(entry.name))
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -430,13 +432,11 @@ def process_tree(root: int) -> list[int]:
 
 def process_tree_root(pid: int, roots: set[int]) -> int | None:
     """The first of `roots` among `pid` and its ancestors, None when there is none."""
-    while pid > 1:
-        if pid in roots:
-            return pid
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            return None
+    current: int | None = pid
+    while current is not None and current > 1:
+        if current in roots:
+            return current
+        current = parent_of(current)
     return None
 
 
