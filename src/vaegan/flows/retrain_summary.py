@@ -34,6 +34,8 @@ class RetrainSummary:
     tracking_uri: str
     pushed_to: str | None = None
     champion_metrics: dict[str, Any] = field(default_factory=dict)  # tags metric.* of the old champion
+    commit: str = "unknown"  # the git commit the run's code and params.yaml came from
+    run_branch: str | None = None  # team mode: the branch that holds the run's params and dvc.lock
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly digest (the flow's return value)."""
@@ -45,6 +47,8 @@ class RetrainSummary:
             "promoted": self.decision.promoted if self.decision else None,
             "reasons": self.decision.reasons if self.decision else [],
             "pushed_to": self.pushed_to,
+            "commit": self.commit,
+            "run_branch": self.run_branch,
         }
 
 
@@ -79,7 +83,14 @@ def _where(summary: RetrainSummary) -> list[str]:
             lines.append(f"- {label}: `{run_id}`" + (f" ([MLflow]({link}))" if link else ""))
     if not uri.startswith(("http://", "https://")):
         lines.append(f"- MLflow UI: `mlflow ui --backend-store-uri {uri}` (or `make serve`)")
-    if summary.pushed_to:
+    lines.append(f"- code: git commit `{summary.commit}`")
+    if summary.run_branch:
+        lines.append(
+            f"- DVC: outputs pushed to remote `{summary.pushed_to}`; params.yaml, dvc.lock and metrics in "
+            f"branch `{summary.run_branch}` of the team's git remote (`git checkout {summary.run_branch} && "
+            "dvc pull`)"
+        )
+    elif summary.pushed_to:
         lines.append(
             f"- DVC: artifacts pushed to remote `{summary.pushed_to}`; commit params.yaml and dvc.lock"
         )
