@@ -26,6 +26,7 @@ from ruamel.yaml.comments import CommentedSeq
 from vaegan.artifacts.atomic_io import write_text
 from vaegan.config import load_config
 from vaegan.errors import ConfigError, VaeganError
+from vaegan.flows import process_group
 
 # dvc.yaml's stages in an order that respects their dependencies.
 PIPELINE_STAGES = (
@@ -87,7 +88,9 @@ def run_dvc(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    process = subprocess.Popen(
+    # DVC and the stage it runs are one process group that dies with this process and that an
+    # interrupt here (Ctrl-C) stops before it goes on: nothing keeps writing the workspace after us.
+    process = process_group.start(
         dvc_command(*args),
         cwd=repo_dir,
         env=environment,
@@ -97,11 +100,16 @@ def run_dvc(
     )
     lines = []
     assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if on_line is not None:
-            on_line(line.rstrip("\n"))
-    return process.wait(), "".join(lines)
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        return process.wait(), "".join(lines)
+    finally:
+        if process.poll() is None:
+            process_group.stop(process)
+        process.stdout.close()
 
 
 def repro_stage(
