@@ -114,17 +114,24 @@ def built_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+def kill_processes_in(folder: Path) -> list[str]:
+    """Kill every process working in `folder` (what a failing test leaves running); their commands."""
+    killed = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if process.pid != os.getpid() and Path(process.cwd()).is_relative_to(folder):
+                killed.append(" ".join(process.cmdline()))
+                process.kill()
+    return killed
+
+
 @pytest.fixture
 def repo(built_repo: Path, tmp_path: Path) -> Iterator[Path]:
-    """A copy of the built pipeline for one test; whatever a test started is killed at its end."""
+    """A copy of the built pipeline for one test; whatever still works in it at the end is killed."""
     copy = tmp_path / "repo"
     shutil.copytree(built_repo, copy, symlinks=True)
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield copy
-    for process in psutil.Process().children(recursive=True):
-        if process.pid not in before:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
+    kill_processes_in(copy)
 
 
 def test_a_second_retrain_exits_2_naming_the_first_which_finishes_intact(repo: Path, tmp_path: Path) -> None:

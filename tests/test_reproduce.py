@@ -23,7 +23,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.test_flow_interrupts import alive_after
+from tests.test_flow_interrupts import alive_after, kill_processes_in
 from tests.test_flows import TINY_PARAMS, harness, make_pipeline_repo  # noqa: F401  (harness: a fixture)
 from vaegan.artifacts.weights_digest import weights_sha256
 from vaegan.cli import main as vaegan_main
@@ -378,7 +378,10 @@ def test_a_killed_rebuild_takes_its_stages_along_and_the_next_one_removes_its_wo
     finally:
         rebuild.kill()
         rebuild.wait()
-    assert alive_after(family, timeout_s=10) == []
+    try:
+        assert alive_after(family, timeout_s=10) == []
+    finally:
+        kill_processes_in(stale)
     assert stale.is_dir() and _linked_worktrees(registered) == [stale]  # what the kill left
 
     with caplog.at_level(logging.INFO, logger="vaegan.reproduce"):
