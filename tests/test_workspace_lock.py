@@ -5,6 +5,7 @@ the next holder restoring it; and the process groups that die with the process t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import psutil
 import pytest
 
 from vaegan.flows import process_group, workspace_lock
-from vaegan.flows.dvc_stages import run_dvc
+from vaegan.flows.dvc_stages import StageFailed, repro_stage, run_dvc
 from vaegan.flows.workspace import WorkspaceSnapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -177,3 +178,19 @@ def test_stop_ends_the_whole_group_and_the_exit_status_is_the_commands() -> None
     assert not process_group.group_alive(process.pid)
     assert process_group.start(["sh", "-c", "exit 3"]).wait() == 3
     assert process_group.start(["sh", "-c", "kill -9 $$"]).wait() == 128 + 9
+
+
+def test_a_stage_blocked_by_another_dvc_command_says_which(workspace: Path) -> None:
+    """DVC names the blocking process on the lines after its error line; they used to be cut."""
+    (workspace / "dvc.yaml").write_text(
+        "stages:\n  hello:\n    cmd: echo hi > out.txt\n    outs:\n      - out.txt\n"
+    )
+    blocker = {"pid": os.getpid(), "cmd": "dvc repro train (the other run)"}
+    rwlock = {"read": {}, "write": {str(workspace / "out.txt"): blocker}}
+    (workspace / ".dvc" / "tmp").mkdir(exist_ok=True)
+    (workspace / ".dvc" / "tmp" / "rwlock").write_text(json.dumps(rwlock))
+    with pytest.raises(StageFailed) as failure:
+        repro_stage("hello", workspace)
+    message = str(failure.value).splitlines()
+    assert message[1].endswith(f"{workspace / 'out.txt'}' is busy, it is being blocked by:"), message
+    assert message[2] == f"  (PID {os.getpid()}): dvc repro train (the other run)"

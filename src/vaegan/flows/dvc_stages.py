@@ -63,9 +63,14 @@ def dvc_command(*args: str) -> list[str]:
 
 
 def error_lines(output: str, limit: int = 12) -> str:
-    """The lines that explain a failure: the stage's own `error:` lines first, else the tail."""
+    """The lines that explain a failure: the stage's own `error:` lines with the indented lines that
+    go on from them (DVC's `is busy, it is being blocked by:` names the process there), else the tail."""
     lines = [line for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() or "Error" in line]
+    errors, in_error = [], False
+    for line in lines:
+        in_error = "error" in line.lower() or (in_error and line[:1].isspace())
+        if in_error:
+            errors.append(line)
     return "\n".join((errors or lines)[-limit:])
 
 
