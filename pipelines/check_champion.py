@@ -26,6 +26,7 @@ from vaegan import check_champion as champion
 from vaegan.config import Config, load_config
 from vaegan.flows import dvc_stages
 from vaegan.flows.failures import run_command, worth_retrying
+from vaegan.flows.prefect_server import temporary_server
 from vaegan.flows.team_workspace import use_team_remote
 
 
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         load_config(args.params)  # a bad params file is one line and exit 2, before Prefect starts
-        check_champion(seed=args.seed, params_path=args.params, device=args.device, remote=args.remote)
+        with temporary_server():
+            check_champion(seed=args.seed, params_path=args.params, device=args.device, remote=args.remote)
         return 0
 
     # Exit codes: 0 pass, 1 drift (ChampionDrift), 2 refusal: bad params, no champion, an artifact

@@ -22,6 +22,7 @@ from pipelines.flow_run import label_flow_run
 from vaegan.config import load_config
 from vaegan.errors import VaeganError
 from vaegan.flows.failures import run_command
+from vaegan.flows.prefect_server import temporary_server
 from vaegan.flows.team_workspace import use_team_remote
 from vaegan.reproduce import DEFAULT_URI, Reproduction, reproduce_model
 from vaegan.reproduction.verdict import DIFFERENT, Tolerance
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         load_config(args.params)  # a bad params file is one line and exit 2, before Prefect starts
-        reproduce(model_uri=args.model_uri, params_path=args.params, check_only=args.check_only)
+        with temporary_server():
+            reproduce(model_uri=args.model_uri, params_path=args.params, check_only=args.check_only)
         return 0
 
     # Exit codes: 0 identical or equivalent, 1 different (NotReproduced), 2 cannot reproduce here.

@@ -10,6 +10,11 @@ DVC and dvc.lock records what ran. Params overrides are written into params.yaml
 Only the tasks that do I/O against a service (registry calls, `dvc push`) retry, and never on a
 refusal. A run that fails puts the workspace back as it found it (params.yaml, dvc.lock and every
 output: `vaegan.flows.workspace`) and says so.
+
+One retrain at a time per workspace: a second one exits 2 at once naming the running one. Ctrl-C
+stops the running stage, restores the workspace and exits 130. The stages and the command's
+temporary Prefect server die with the command, even by SIGKILL, and the next run puts back what a
+killed run left changed (`vaegan.flows.workspace_lock`, `vaegan.flows.process_group`).
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from pipelines.flow_run import label_flow_run
 from vaegan.artifacts.atomic_io import read_json_object
 from vaegan.config import Config, load_config
 from vaegan.errors import ConfigError, VaeganError
-from vaegan.flows import dvc_stages
+from vaegan.flows import dvc_stages, workspace_lock
 from vaegan.flows.failures import parse_overrides, run_command, validate_params, worth_retrying
+from vaegan.flows.prefect_server import temporary_server
 from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
 from vaegan.flows.team_workspace import is_team_clone, publish_run, use_team_remote
 from vaegan.flows.workspace import WorkspaceSnapshot
@@ -118,11 +124,12 @@ RESTORED = "the workspace is as before this run: params.yaml, dvc.lock and every
 
 
 @task(task_run_name="restore the workspace")
-def restore_workspace(snapshot: WorkspaceSnapshot) -> list[str]:
-    """Put params.yaml, dvc.lock and the outputs back as they were before the run."""
+def restore_workspace(snapshot: WorkspaceSnapshot, ended: str) -> list[str]:
+    """Put params.yaml, dvc.lock and the outputs back as they were before the run (that `ended`:
+    failed, interrupted)."""
     logger = get_run_logger()
     changed = snapshot.restore(on_line=logger.info)
-    logger.warning("run failed: %s (changed files put back: %s)", RESTORED, ", ".join(changed) or "none")
+    logger.warning("run %s: %s (changed files put back: %s)", ended, RESTORED, ", ".join(changed) or "none")
     return changed
 
 
@@ -142,26 +149,35 @@ def retrain(
     repo_dir: str = ".",
 ) -> dict[str, Any]:
     """Reproduce the DVC pipeline, register the exported models, promote when the gate passes,
-    and push the new artifacts to the DVC remote. Returns a digest of the run."""
+    and push the new artifacts to the DVC remote. Returns a digest of the run.
+
+    One retrain at a time holds the workspace (another one running: WorkspaceBusy, exit 2), and the
+    workspace as it was before the run is kept on disk until the run is over, so that the next run
+    puts it back should this one be killed (`vaegan.flows.workspace_lock`)."""
     os.chdir(repo_dir)
     run_name = label_flow_run()
-    team_remote = use_team_remote(".")  # team mode: outputs come from and go to the team's S3 remote
     overrides = {**(profile_overrides(profile) if profile else {}), **(params or {})}
-    snapshot = WorkspaceSnapshot.take(".")
-    try:
-        changed = apply_params(overrides)
-        outcomes = [repro(stage, pull=team_remote is not None) for stage in dvc_stages.PIPELINE_STAGES]
-        config = load_config("params.yaml")
-        registration = register(config)
-        previous = champion_metrics(config)
-        decision = promote(config, registration) if promote_model else None
-        pushed_to = push(remote or team_remote, run_cache=team_remote is not None) if push_remote else None
-        run_branch = publish(run_name) if is_team_clone(".") else None
-    except BaseException as exc:
-        restore_workspace(snapshot)
-        if isinstance(exc, VaeganError):
-            raise type(exc)(f"{exc}\n{RESTORED}") from exc
-        raise
+    with workspace_lock.hold(".", on_line=get_run_logger().warning) as held:
+        team_remote = use_team_remote(".")  # team mode: outputs come from and go to the team's S3 remote
+        snapshot = held.keep(WorkspaceSnapshot.take("."))
+        try:
+            changed = apply_params(overrides)
+            outcomes = [repro(stage, pull=team_remote is not None) for stage in dvc_stages.PIPELINE_STAGES]
+            config = load_config("params.yaml")
+            registration = register(config)
+            previous = champion_metrics(config)
+            decision = promote(config, registration) if promote_model else None
+            pushed_to = (
+                push(remote or team_remote, run_cache=team_remote is not None) if push_remote else None
+            )
+            run_branch = publish(run_name) if is_team_clone(".") else None
+        except BaseException as exc:
+            restore_workspace(snapshot, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            held.settled()
+            if isinstance(exc, VaeganError):
+                raise type(exc)(f"{exc}\n{RESTORED}") from exc
+            raise
+        held.settled()
     summary = RetrainSummary(
         params_changed=changed,
         stages=outcomes,
@@ -206,13 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         params = parse_overrides(args.overrides)
         # The whole resolved config, before Prefect starts: a bad key or value never runs a stage.
         validate_params({**(profile_overrides(profile) if profile else {}), **params})
-        retrain(
-            params=params,
-            profile=profile,
-            promote_model=not args.no_promote,
-            push_remote=not args.no_push,
-            remote=args.remote,
-        )
+        workspace_lock.check_free(".")  # a second run stops here, before Prefect starts
+        with temporary_server():
+            retrain(
+                params=params,
+                profile=profile,
+                promote_model=not args.no_promote,
+                push_remote=not args.no_push,
+                remote=args.remote,
+            )
         return 0
 
     return run_command("retrain", body)

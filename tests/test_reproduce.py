@@ -5,19 +5,25 @@ data, a missing commit, a recorded environment that is not this machine's."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tests.test_flow_interrupts import alive_after, kill_processes_in
 from tests.test_flows import TINY_PARAMS, harness, make_pipeline_repo  # noqa: F401  (harness: a fixture)
 from vaegan.artifacts.weights_digest import weights_sha256
 from vaegan.cli import main as vaegan_main
@@ -352,3 +358,52 @@ def test_the_flows_switch_telemetry_off_unless_the_user_set_it(preset: str | Non
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [preset or "false", "true"]
+
+
+@pytest.mark.slow
+def test_a_killed_rebuild_takes_its_stages_along_and_the_next_one_removes_its_worktree(
+    registered: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGKILL of `vaegan reproduce` used to leave its stages running and its worktree (tens of MB,
+    in `git worktree list`) behind for good."""
+    rebuild = subprocess.Popen(
+        [sys.executable, "-m", "vaegan", "reproduce", "models:/vaegan-decoder/1"],
+        cwd=registered,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        family = _wait_for_a_rebuilt_stage(rebuild.pid, timeout_s=300)
+        stale = _linked_worktrees(registered)[0]
+    finally:
+        rebuild.kill()
+        rebuild.wait()
+    try:
+        assert alive_after(family, timeout_s=10) == []
+    finally:
+        kill_processes_in(stale)
+    assert stale.is_dir() and _linked_worktrees(registered) == [stale]  # what the kill left
+
+    with caplog.at_level(logging.INFO, logger="vaegan.reproduce"):
+        assert _vaegan("models:/vaegan-decoder/1", "--check-only") == 0
+    assert f"removed the worktree {stale} that a killed `vaegan reproduce` left behind" in caplog.text
+    assert not stale.parent.exists() and _linked_worktrees(registered) == []
+
+
+def _linked_worktrees(repo: Path) -> list[Path]:
+    listed = _git(repo, "worktree", "list", "--porcelain").splitlines()
+    return [Path(line.removeprefix("worktree ")) for line in listed if line.startswith("worktree ")][1:]
+
+
+def _wait_for_a_rebuilt_stage(pid: int, timeout_s: float) -> list[psutil.Process]:
+    """Wait until a stage after the data (`vaegan evaluator`, `vaegan train`...) runs under `pid`;
+    every process under it then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family = psutil.Process(pid).children(recursive=True)
+            commands = [" ".join(p.cmdline()) for p in family]
+            if any(re.search(r"vaegan (evaluator|train)\b", command) for command in commands):
+                return family
+        time.sleep(0.1)
+    raise AssertionError(f"no rebuilt stage under pid {pid} within {timeout_s} s")

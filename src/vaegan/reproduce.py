@@ -157,7 +157,7 @@ def reproduce_model(
     prediction = predict(recorded_environment(record.tags), this_environment(rebuild_config))
     on_line(f"{record.label()}: {prediction.reason}")
     commit = resolve_commit(repo, record.git_commit)
-    with temporary_worktree(repo, commit, keep) as worktree:
+    with temporary_worktree(repo, commit, keep, on_line) as worktree:
         on_line(f"commit {commit} checked out in {worktree}")
         inputs = [
             verdicts.digest_comparison("training code", record.tag("code_sha256"), code_sha256_at(worktree)),

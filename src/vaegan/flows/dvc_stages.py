@@ -26,6 +26,7 @@ from ruamel.yaml.comments import CommentedSeq
 from vaegan.artifacts.atomic_io import write_text
 from vaegan.config import load_config
 from vaegan.errors import ConfigError, VaeganError
+from vaegan.flows import process_group
 
 # dvc.yaml's stages in an order that respects their dependencies.
 PIPELINE_STAGES = (
@@ -62,9 +63,14 @@ def dvc_command(*args: str) -> list[str]:
 
 
 def error_lines(output: str, limit: int = 12) -> str:
-    """The lines that explain a failure: the stage's own `error:` lines first, else the tail."""
+    """The lines that explain a failure: the stage's own `error:` lines with the indented lines that
+    go on from them (DVC's `is busy, it is being blocked by:` names the process there), else the tail."""
     lines = [line for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() or "Error" in line]
+    errors, in_error = [], False
+    for line in lines:
+        in_error = "error" in line.lower() or (in_error and line[:1].isspace())
+        if in_error:
+            errors.append(line)
     return "\n".join((errors or lines)[-limit:])
 
 
@@ -87,7 +93,9 @@ def run_dvc(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    process = subprocess.Popen(
+    # DVC and the stage it runs are one process group that dies with this process and that an
+    # interrupt here (Ctrl-C) stops before it goes on: nothing keeps writing the workspace after us.
+    process = process_group.start(
         dvc_command(*args),
         cwd=repo_dir,
         env=environment,
@@ -97,11 +105,16 @@ def run_dvc(
     )
     lines = []
     assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if on_line is not None:
-            on_line(line.rstrip("\n"))
-    return process.wait(), "".join(lines)
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        return process.wait(), "".join(lines)
+    finally:
+        if process.poll() is None:
+            process_group.stop(process)
+        process.stdout.close()
 
 
 def repro_stage(

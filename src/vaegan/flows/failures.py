@@ -4,7 +4,8 @@ A refusal (bad params, a tampered artifact, no champion: any `VaeganError` but `
 gives the same answer every time, so it is not retried; an unreachable server or an unexpected
 error is. The flows' `main`s validate their arguments with the CLI's own code before any task runs
 and end a `VaeganError` with `<command>: error: <first line>` and its exit code (2 for bad input and
-refusals, 1 for drift and failed training), not with Prefect's traceback.
+refusals, 1 for drift and failed training), not with Prefect's traceback; Ctrl-C ends them with
+exit 130 once the flow has cleaned up.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from vaegan.config import load_config, parse_override
 from vaegan.errors import ServiceUnavailable, VaeganError, first_line
+
+INTERRUPTED = 130  # 128 + SIGINT
 
 
 def worth_retrying(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -48,10 +51,13 @@ def validate_params(overrides: Mapping[str, Any], params_path: str = "params.yam
 
 def run_command(prog: str, body: Callable[[], int]) -> int:
     """Run a flow command's `body`; a `VaeganError` becomes its message on stderr (one line, or the
-    failed stage's error lines) and its exit code."""
+    failed stage's error lines) and its exit code, Ctrl-C exit 130 (the shell's code for SIGINT)."""
     try:
         return body()
     except VaeganError as exc:
         message = str(exc).strip() or first_line(exc)
         print(f"{prog}: error: {message}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED

@@ -9,22 +9,30 @@ checkpoints are never removed by DVC and are left alone). `restore` writes those
 (the new versions a partly successful run produced stay in the cache and in DVC's run cache, so
 re-running the same params restores them instead of recomputing).
 
+A snapshot is kept on disk too (`save`, `load`): a run that is killed cannot restore anything, so
+the next run restores from what the killed one saved (`vaegan.flows.workspace_lock`). Restoring
+is not interrupted by Ctrl-C: an interrupt stops the run and its restore goes on to the end.
+
 By hand, after a failed `dvc repro`: `git checkout -- params.yaml dvc.lock metrics && dvc checkout`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dvc.repo import Repo
 
-from vaegan.artifacts.atomic_io import write_bytes
+from vaegan.artifacts.atomic_io import atomic_directory, read_json_object, write_bytes, write_json
 from vaegan.flows.dvc_stages import StageFailed, run_dvc
 
 KEPT_FILES = ("params.yaml", "dvc.lock")
+MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,27 @@ class WorkspaceSnapshot:
             files[name] = _read(path)
         return cls(root, files)
 
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write the snapshot into `folder` (replaced as a whole, atomically): one file per kept file
+        and a manifest naming them."""
+        with atomic_directory(folder) as staging:
+            stored: dict[str, str | None] = {}
+            for index, (name, data) in enumerate(self.files.items()):
+                stored[name] = None if data is None else str(index)
+                if data is not None:
+                    (staging / str(index)).write_bytes(data)
+            write_json(staging / MANIFEST, {"repo_dir": str(self.repo_dir), "files": stored})
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> WorkspaceSnapshot:
+        """The snapshot `save` wrote into `folder`."""
+        manifest = read_json_object(Path(folder) / MANIFEST)
+        files = {
+            name: None if stored is None else (Path(folder) / stored).read_bytes()
+            for name, stored in manifest["files"].items()
+        }
+        return cls(Path(manifest["repo_dir"]), files)
+
     def changed(self) -> list[str]:
         """The kept files whose bytes differ now from the snapshot's."""
         return [name for name, data in self.files.items() if _read(self.repo_dir / name) != data]
@@ -58,6 +87,10 @@ class WorkspaceSnapshot:
     def restore(self, on_line: Callable[[str], None] | None = None) -> list[str]:
         """Write the kept files back (deleting those that did not exist), then `dvc checkout`; the
         names of the files that had changed. StageFailed when the checkout fails."""
+        with _ctrl_c_deferred(on_line):
+            return self._restore(on_line)
+
+    def _restore(self, on_line: Callable[[str], None] | None) -> list[str]:
         changed = self.changed()
         for name in changed:
             data, path = self.files[name], self.repo_dir / name
@@ -70,6 +103,24 @@ class WorkspaceSnapshot:
             if code != 0:
                 raise StageFailed(f"dvc checkout failed restoring the workspace (exit {code}):\n{output}")
         return changed
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred(on_line: Callable[[str], None] | None) -> Iterator[None]:
+    """Ctrl-C does not stop the `with` body (it says so); run in the main thread, else a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def deferred(_signum: int, _frame: object) -> None:
+        if on_line is not None:
+            on_line("interrupt ignored: the workspace is being restored, it takes a few seconds")
+
+    previous = signal.signal(signal.SIGINT, deferred)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _read(path: Path) -> bytes | None:

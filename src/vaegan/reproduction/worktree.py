@@ -2,15 +2,21 @@
 and remotes, the recorded params, and the pipeline's stages run through DVC.
 
 The user's workspace is never touched: the worktree is a separate checkout (`git worktree add
---detach`), removed afterwards. DVC in the worktree uses the repository's cache directory (data the
-user already has is not copied around) and its remotes with their URLs made absolute (a relative
-local remote is relative to the repository's `.dvc/`). The stages run the worktree's own code:
-its `src/` comes first on PYTHONPATH, ahead of the editable install of the user's checkout.
+--detach`), removed afterwards. While it runs, the rebuild holds a flock on `owner.lock` beside the
+worktree; a `vaegan-reproduce-*` worktree whose lock is free was left by a rebuild that was killed
+(its stages died with it: `vaegan.flows.process_group`), and the next rebuild removes it and says
+so (`prune_stale_worktrees`). A worktree kept with `--keep` has no lock file and stays.
+
+DVC in the worktree uses the repository's cache directory (data the user already has is not copied
+around) and its remotes with their URLs made absolute (a relative local remote is relative to the
+repository's `.dvc/`). The stages run the worktree's own code: its `src/` comes first on
+PYTHONPATH, ahead of the editable install of the user's checkout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -28,6 +34,8 @@ from vaegan.flows.dvc_stages import error_lines, repro_stage, run_dvc
 # The stages that produce the data; every stage after them is rebuilt.
 DATA_STAGES = ("fetch", "prepare")
 DIRTY = "-dirty"
+PREFIX = "vaegan-reproduce-"
+OWNER_LOCK = "owner.lock"
 
 
 class ReproduceError(VaeganError):
@@ -53,22 +61,74 @@ def resolve_commit(repo: Path, recorded: str) -> str:
     return found.stdout.strip()
 
 
-@contextlib.contextmanager
-def temporary_worktree(repo: Path, commit: str, keep: bool = False) -> Iterator[Path]:
-    """A detached checkout of `commit` in a temporary folder, removed afterwards unless `keep`."""
-    parent = Path(tempfile.mkdtemp(prefix="vaegan-reproduce-"))
-    worktree = parent / "repo"
-    added = _git(repo, "worktree", "add", "--detach", str(worktree), commit)
-    if added.returncode != 0:
-        shutil.rmtree(parent, ignore_errors=True)
-        raise ReproduceError(f"git worktree add of {commit} failed: {added.stderr.strip()}")
+def _left_by_killed_rebuild(parent: Path) -> bool:
+    """Whether the temporary folder `parent` has an owner lock that nobody holds: its rebuild was
+    killed (one that ends removes the folder, or the lock file with `--keep`)."""
+    if not parent.name.startswith(PREFIX):
+        return False
     try:
-        yield worktree
+        fd = os.open(parent / OWNER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
     finally:
-        if not keep:
-            _git(repo, "worktree", "remove", "--force", str(worktree))
+        os.close(fd)
+    return True
+
+
+def registered_worktrees(repo: Path) -> list[Path]:
+    """The paths of `repo`'s linked worktrees, as `git worktree list` gives them."""
+    listed = _git(repo, "worktree", "list", "--porcelain").stdout.splitlines()
+    paths = [Path(line.removeprefix("worktree ")) for line in listed if line.startswith("worktree ")]
+    return paths[1:]  # the first is the main working tree
+
+
+def prune_stale_worktrees(repo: Path, on_line: Callable[[str], None] | None = None) -> list[Path]:
+    """Remove the temporary worktrees of rebuilds that were killed (their owner lock is free) and
+    `git worktree prune` the registrations of folders already gone; the worktrees removed."""
+    removed = []
+    for worktree in registered_worktrees(repo):
+        if not _left_by_killed_rebuild(worktree.parent):
+            continue
+        _git(repo, "worktree", "remove", "--force", str(worktree))
+        shutil.rmtree(worktree.parent, ignore_errors=True)
+        removed.append(worktree)
+        if on_line is not None:
+            on_line(f"removed the worktree {worktree} that a killed `vaegan reproduce` left behind")
+    _git(repo, "worktree", "prune")
+    return removed
+
+
+@contextlib.contextmanager
+def temporary_worktree(
+    repo: Path, commit: str, keep: bool = False, on_line: Callable[[str], None] | None = None
+) -> Iterator[Path]:
+    """A detached checkout of `commit` in a temporary folder, removed afterwards unless `keep`;
+    the worktrees killed rebuilds left are removed first."""
+    prune_stale_worktrees(repo, on_line)
+    parent = Path(tempfile.mkdtemp(prefix=PREFIX))
+    owner = os.open(parent / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(owner, fcntl.LOCK_EX)  # released by the kernel should this process be killed
+    try:
+        worktree = parent / "repo"
+        added = _git(repo, "worktree", "add", "--detach", str(worktree), commit)
+        if added.returncode != 0:
             shutil.rmtree(parent, ignore_errors=True)
-            _git(repo, "worktree", "prune")
+            raise ReproduceError(f"git worktree add of {commit} failed: {added.stderr.strip()}")
+        try:
+            yield worktree
+        finally:
+            if keep:
+                (parent / OWNER_LOCK).unlink()  # kept on purpose: not a killed rebuild's
+            else:
+                _git(repo, "worktree", "remove", "--force", str(worktree))
+                shutil.rmtree(parent, ignore_errors=True)
+                _git(repo, "worktree", "prune")
+    finally:
+        os.close(owner)
 
 
 def _dvc_output(args: list[str], repo: Path) -> str:
