@@ -31,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from pipelines.flow_run import label_flow_run
 from vaegan.artifacts.atomic_io import read_json_object
+from vaegan.artifacts.provenance import git_commit
 from vaegan.config import Config, load_config
 from vaegan.errors import ConfigError, VaeganError
 from vaegan.flows import dvc_stages, workspace_lock
@@ -156,6 +157,7 @@ def retrain(
     puts it back should this one be killed (`vaegan.flows.workspace_lock`)."""
     os.chdir(repo_dir)
     run_name = label_flow_run()
+    commit = git_commit(".")  # before params.yaml changes: what the run's code and params came from
     overrides = {**(profile_overrides(profile) if profile else {}), **(params or {})}
     with workspace_lock.hold(".", on_line=get_run_logger().warning) as held:
         team_remote = use_team_remote(".")  # team mode: outputs come from and go to the team's S3 remote
@@ -172,7 +174,13 @@ def retrain(
             )
             run_branch = publish(run_name) if is_team_clone(".") else None
         except BaseException as exc:
-            restore_workspace(snapshot, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            ended = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            if is_team_clone("."):  # a worker's own clone, removed with its folder: nothing to put back
+                get_run_logger().warning(
+                    "run %s in a clone of the team's git remote: nothing to restore", ended
+                )
+            else:
+                restore_workspace(snapshot, ended)
             held.settled()
             if isinstance(exc, VaeganError):
                 raise type(exc)(f"{exc}\n{RESTORED}") from exc
@@ -188,11 +196,13 @@ def retrain(
         tracking_uri=tracking_uri(config.tracking),
         pushed_to=pushed_to,
         champion_metrics=previous,
+        commit=commit,
+        run_branch=run_branch,
     )
     markdown = summary_markdown(summary)
     create_markdown_artifact(key="retrain-summary", markdown=markdown, description="retrain summary")
     print(markdown)
-    return {**summary.as_dict(), "run_branch": run_branch}
+    return summary.as_dict()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         default="quick",
-        help="params profile under profiles/ applied before the run (quick | full | none; default quick)",
+        help="params profile under profiles/ applied before the run (quick | long | full | smoke | none; "
+        "default quick)",
     )
     parser.add_argument(
         "--set",

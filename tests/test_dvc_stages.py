@@ -1,4 +1,7 @@
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -6,7 +9,7 @@ import yaml
 
 from vaegan.config import load_config
 from vaegan.errors import ConfigError
-from vaegan.flows.dvc_stages import PIPELINE_STAGES, apply_params, stage_lock_md5
+from vaegan.flows.dvc_stages import PIPELINE_STAGES, apply_params, run_dvc, stage_lock_md5
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +64,29 @@ def test_stage_lock_md5(tmp_path: Path) -> None:
         "    - path: models/vaegan.pt\n      md5: abc123\n      size: 1\n"
     )
     assert stage_lock_md5("train", tmp_path) == "abc123"
+
+
+HOLD_REPO_LOCK = """
+import sys, time
+from dvc.repo import Repo
+with Repo(sys.argv[1]) as repo, repo.lock:
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_dvc_commands_wait_for_the_repository_lock_instead_of_failing(tmp_path: Path) -> None:
+    """Another DVC command holding the workspace's lock longer than DVC's own 3 s retry: ours waits."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert run_dvc(["init", "-q"], tmp_path)[0] == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_REPO_LOCK, str(tmp_path), "8"], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    code, output = run_dvc(["status"], tmp_path)
+    waited = time.monotonic() - started
+    holder.wait(timeout=60)
+    assert code == 0, output
+    assert "Unable to acquire lock" not in output
+    assert waited > 3  # it waited past DVC's own retries for the holder to finish

@@ -58,8 +58,10 @@ class StageOutcome:
 
 
 def dvc_command(*args: str) -> list[str]:
-    """The argv that runs DVC from this interpreter's environment."""
-    return [sys.executable, "-m", "dvc", *args]
+    """The argv that runs DVC from this interpreter's environment. It waits for DVC's repository
+    lock instead of failing after 3 s: a `dvc pull` of a champion check, say, waits for a `dvc push`
+    of a retrain in the same checkout (one retrain holds a workspace: `workspace_lock`)."""
+    return [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
 
 
 def error_lines(output: str, limit: int = 12) -> str:
