@@ -34,7 +34,7 @@ from vaegan.registry.registration import register_models
 from vaegan.reproduce import rebuild_params, reproduce_model
 from vaegan.reproduction import verdict as verdicts
 from vaegan.reproduction.environment import predict
-from vaegan.reproduction.worktree import ReproduceError, share_dvc_storage, temporary_worktree
+from vaegan.reproduction.worktree import ReproduceError, resolve_commit, share_dvc_storage, temporary_worktree
 from vaegan.tracking.store import absolute_uri
 
 SAME_MACHINE = {"cpu": "AMD EPYC", "torch": "2.14.1", "device": "cpu", "deterministic": "true"}
@@ -407,3 +407,24 @@ def _wait_for_a_rebuilt_stage(pid: int, timeout_s: float) -> list[psutil.Process
                 return family
         time.sleep(0.1)
     raise AssertionError(f"no rebuilt stage under pid {pid} within {timeout_s} s")
+
+
+def test_a_recorded_commit_missing_from_a_shallow_clone_is_fetched(tmp_path: Path) -> None:
+    """A worker's clone of the team's remote is shallow (`git clone --depth 1`): the champion's older
+    commit is fetched, not refused."""
+    origin = tmp_path / "origin"
+
+    def git(cwd: Path, *args: str) -> str:
+        identity = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+        done = subprocess.run(["git", *identity, *args], cwd=cwd, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    origin.mkdir()
+    git(origin, "init", "-q", "--initial-branch=main")
+    git(origin, "commit", "-q", "--allow-empty", "-m", "trained here")
+    trained = git(origin, "rev-parse", "HEAD")
+    git(origin, "commit", "-q", "--allow-empty", "-m", "later")
+    git(tmp_path, "clone", "-q", "--depth", "1", origin.as_uri(), "clone")
+    clone = tmp_path / "clone"
+    assert git(clone, "rev-parse", "--is-shallow-repository") == "true"
+    assert resolve_commit(clone, trained + "-dirty") == trained

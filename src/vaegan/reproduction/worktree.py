@@ -53,6 +53,10 @@ def resolve_commit(repo: Path, recorded: str) -> str:
     if commit in ("", "unknown"):
         raise ReproduceError("the model records no git commit (trained outside a git checkout)")
     found = _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    if found.returncode != 0 and _git(repo, "rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+        # a shallow clone (a worker's `git clone --depth 1` of the team's remote): get the history
+        _git(repo, "fetch", "--quiet", "--unshallow", "origin")
+        found = _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
     if found.returncode != 0:
         raise ReproduceError(
             f"commit {commit} is not in the repository {repo}: fetch it (`git fetch origin {commit}`) "
