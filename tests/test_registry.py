@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TinyConfig
 from promotion_worker import promote_in_child
-from vaegan.artifacts.checkpoint import model_payload, save_checkpoint
+from vaegan.artifacts.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.config import Config
 from vaegan.errors import RegistryError
@@ -352,6 +352,23 @@ def test_concurrent_promotions_leave_the_better_consistent_pair(
         assert worse_tags["promotion.champion_before"] == "none"
     else:
         assert worse_tags["promotion.champion_before"] == "decoder v2 + encoder v2"
+
+
+def test_a_repeat_with_the_same_weights_finds_the_first_registration(
+    config: Config, artifacts: Artifacts, tmp_path: Path
+) -> None:
+    """The same params, data and code trained again elsewhere (a repeat on another worker): the
+    weights are the same, the checkpoint differs only in its training run, no new version."""
+    first = register(config, artifacts, fid=30.0)
+    payload = load_checkpoint(artifacts.checkpoint)
+    payload["state"]["mlflow_run_id"] = "training-run-2"
+    repeat = tmp_path / "repeat.pt"
+    save_checkpoint(repeat, payload)
+    assert sha256_file(repeat) != sha256_file(artifacts.checkpoint)
+    again = register(config, Artifacts(repeat, artifacts.decoder, artifacts.encoder), fid=30.0)
+    assert again.model_uris == first.model_uris and again.run_id == first.run_id
+    client = MlflowClient(config.tracking.uri, config.tracking.uri)
+    assert len(client.search_model_versions(f"name = '{DECODER}'")) == 1
 
 
 def test_promotion_waits_for_the_registry_lock(config: Config, artifacts: Artifacts, mlflow_uri: str) -> None:
