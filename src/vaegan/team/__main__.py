@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from vaegan.errors import VaeganError
+from vaegan.flows.failures import run_command
 from vaegan.flows.team_workspace import REMOTE_URL_VARIABLE, use_team_remote
 from vaegan.team.layout import DEFAULT_ROOT, Ports, TeamLayout
 from vaegan.team.stack import POOLS, Stack
@@ -63,53 +65,66 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return run_command(f"vaegan team {args.command}", lambda: COMMANDS[args.command](args))
+
+
+def up(args: argparse.Namespace) -> int:
+    if args.workers < 0:
+        raise VaeganError(f"--workers {args.workers}: must be 0 or more")
+    chosen = {
+        "host": args.host, "postgres": args.postgres_port, "s3": args.s3_port,
+        "mlflow": args.mlflow_port, "prefect": args.prefect_port,
+    }  # fmt: skip
+    given = {key: value for key, value in chosen.items() if value is not None}
     layout = TeamLayout.at(args.dir)
-    try:
-        if args.command == "up":
-            if args.workers < 0:
-                raise VaeganError(f"--workers {args.workers}: must be 0 or more")
-            chosen = {
-                "host": args.host, "postgres": args.postgres_port, "s3": args.s3_port,
-                "mlflow": args.mlflow_port, "prefect": args.prefect_port,
-            }  # fmt: skip
-            given = {key: value for key, value in chosen.items() if value is not None}
-            stack = Stack.open(layout, replace(DEFAULTS, **given) if given else None)
-            stack.up(workers_per_pool=args.workers, repo=Path(args.repo).resolve())
-            print(f"\nMLflow UI:  {stack.urls()['mlflow']}  (user {stack.credentials.mlflow_user})")
-            print(f"Prefect UI: {stack.urls()['prefect']}")
-            print(f"Use it from a shell: source {layout.env_file}")
-        elif args.command == "down":
-            if layout.read_ports() is None:
-                print(f"no team stack in {layout.root}")
-                return 0
-            stopped = Stack.open(layout).down()
-            print(
-                "stopped: " + (", ".join(stopped) or "nothing was running") + f"; data kept in {layout.root}"
-            )
-        elif args.command == "status":
-            if layout.read_ports() is None:
-                print(f"no team stack in {layout.root} (start one: make serve-team)")
-                return 3
-            rows = Stack.open(layout).status()
-            for name, state, where in rows:
-                print(f"{name:<22} {state:<28} {where}")
-            return 0 if all(state.startswith("up") for _, state, _ in rows) else 3
-        elif args.command == "connect":
-            remote = use_team_remote(".")
-            if remote is None:
-                raise VaeganError(f"{REMOTE_URL_VARIABLE} is not set: `source .team/env` first")
-            print(f"DVC remote {remote!r} ({os.environ[REMOTE_URL_VARIABLE]}) is this checkout's default")
-        else:
-            if layout.read_ports() is None:
-                raise VaeganError(f"no team stack in {layout.root}: start it first (make serve-team)")
-            Stack.open(layout).start_worker(args.pool)
-    except VaeganError as exc:
-        print(f"vaegan team {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"vaegan team {args.command}: interrupted", file=sys.stderr)
-        return 130
+    stack = Stack.open(layout, replace(DEFAULTS, **given) if given else None)
+    stack.up(workers_per_pool=args.workers, repo=Path(args.repo).resolve())
+    print(f"\nMLflow UI:  {stack.urls()['mlflow']}  (user {stack.credentials.mlflow_user})")
+    print(f"Prefect UI: {stack.urls()['prefect']}")
+    print(f"Use it from a shell: source {layout.env_file}")
     return 0
+
+
+def down(args: argparse.Namespace) -> int:
+    layout = TeamLayout.at(args.dir)
+    if layout.read_ports() is None:
+        print(f"no team stack in {layout.root}")
+        return 0
+    stopped = Stack.open(layout).down()
+    print("stopped: " + (", ".join(stopped) or "nothing was running") + f"; data kept in {layout.root}")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    layout = TeamLayout.at(args.dir)
+    if layout.read_ports() is None:
+        print(f"no team stack in {layout.root} (start one: make serve-team)")
+        return 3
+    rows = Stack.open(layout).status()
+    for name, state, where in rows:
+        print(f"{name:<22} {state:<28} {where}")
+    return 0 if all(state.startswith("up") for _, state, _ in rows) else 3
+
+
+def connect(_args: argparse.Namespace) -> int:
+    remote = use_team_remote(".")
+    if remote is None:
+        raise VaeganError(f"{REMOTE_URL_VARIABLE} is not set: `source .team/env` first")
+    print(f"DVC remote {remote!r} ({os.environ[REMOTE_URL_VARIABLE]}) is this checkout's default")
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    layout = TeamLayout.at(args.dir)
+    if layout.read_ports() is None:
+        raise VaeganError(f"no team stack in {layout.root}: start it first (make serve-team)")
+    Stack.open(layout).start_worker(args.pool)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": up, "down": down, "status": status, "connect": connect, "worker": worker,
+}  # fmt: skip
 
 
 if __name__ == "__main__":

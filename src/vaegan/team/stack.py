@@ -224,16 +224,8 @@ class Stack:
     def _configure_prefect(self) -> None:
         """Work pools and the zombie-run automation, through Prefect's own client (a subprocess with
         the member environment: Prefect reads its settings when it is first imported)."""
-        done = subprocess.run(
-            [sys.executable, "-m", "vaegan.team.prefect_setup", *POOLS],
-            env={**os.environ, **self.member_environment()},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise ServiceError(f"configuring Prefect failed: {(done.stderr or done.stdout).strip()[-600:]}")
-        for line in done.stdout.splitlines():
+        output = self._as_member([sys.executable, "-m", "vaegan.team.prefect_setup", *POOLS], Path.cwd())
+        for line in output.splitlines():
             self.on_line(f"prefect    {line}")
 
     def _deploy(self, repo: Path) -> None:
@@ -246,17 +238,18 @@ class Stack:
         if _git(remote, "rev-parse", "--verify", "--quiet", "refs/heads/main").returncode != 0:
             _git_or_fail(repo, "push", "--quiet", remote.as_uri(), "HEAD:refs/heads/main")
             self.on_line(f"git        pushed this checkout's HEAD to {remote} as main")
+        self._as_member([_bin("prefect"), "--no-prompt", "deploy", "--all"], repo)
+        self.on_line("prefect    deployed retrain/on-demand, check-champion/daily, reproduce/weekly")
+
+    def _as_member(self, argv: list[str], cwd: Path) -> str:
+        """Run `argv` with the member environment; its output, ServiceError naming it when it fails."""
         done = subprocess.run(
-            [_bin("prefect"), "--no-prompt", "deploy", "--all"],
-            cwd=repo,
-            env={**os.environ, **self.member_environment()},
-            capture_output=True,
-            text=True,
-            check=False,
+            argv, cwd=cwd, env={**os.environ, **self.member_environment()}, capture_output=True, text=True
         )
         if done.returncode != 0:
-            raise ServiceError(f"prefect deploy --all failed: {(done.stderr or done.stdout).strip()[-800:]}")
-        self.on_line("prefect    deployed retrain/on-demand, check-champion/daily, reproduce/weekly")
+            command = " ".join(Path(argv[0]).name if i == 0 else arg for i, arg in enumerate(argv[:4]))
+            raise ServiceError(f"{command} failed: {(done.stderr or done.stdout).strip()[-800:]}")
+        return done.stdout
 
     def start_worker(self, pool: str, index: int | None = None) -> str:
         """Start a process worker on `pool` (the next free index unless given); its name."""
