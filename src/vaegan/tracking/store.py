@@ -133,7 +133,10 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
         _probe_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:  # a local store is opened (and its schema checked) when the client is built
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as exc:  # sqlalchemy's DatabaseError for a corrupt file, MlflowException, ...
+        raise RegistryError(f"MLflow store {uri!r} cannot be opened: {first_line(exc)}") from exc
     try:
         client.search_experiments(max_results=1)
     except MlflowException as exc:
