@@ -143,6 +143,15 @@ def test_cli_refuses_outputs_it_cannot_write_before_decoding(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "sub"]
 
 
+def test_cli_refuses_a_negative_seed_in_one_line(decoder: tuple[Path, VAEGAN], tmp_path: Path) -> None:
+    result = _cli("--model", str(decoder[0]), "--seed", "-1", "--out", "grid.png", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vaegan sample: error: --seed: -1 is negative; a seed is an integer >= 0"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sampling_from_a_file_never_imports_torch(decoder: tuple[Path, VAEGAN], tmp_path: Path) -> None:
     script = (
         "import sys\n"

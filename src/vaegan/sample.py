@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from vaegan.artifacts import onnx_runtime
-from vaegan.artifacts.atomic_io import atomic_path
+from vaegan.artifacts.atomic_io import atomic_path, output_file_problem
 from vaegan.artifacts.images import image_grid, to_uint8, write_png
 from vaegan.config import Config
 from vaegan.errors import CheckpointError, ConfigError
@@ -66,14 +65,16 @@ def check_output(out: str, n: int) -> Path:
     if n > limit:
         hint = "; write a .npy instead" if path.suffix.lower() == ".png" else ""
         raise ConfigError(f"--n: {n} images do not fit a {path.suffix} output (at most {limit:,}){hint}")
-    if path.is_dir():
-        raise ConfigError(f"--out: {out} is a directory; name a file in it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"--out: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"--out: directory {parent} is not writable")
+    problem = output_file_problem(path)
+    if problem is not None:
+        raise ConfigError(f"--out: {problem}")
     return path
+
+
+def check_seed(seed: int) -> None:
+    """ConfigError unless `seed` can seed numpy's generator (an integer >= 0)."""
+    if seed < 0:
+        raise ConfigError(f"--seed: {seed} is negative; a seed is an integer >= 0")
 
 
 def write_npy(path: Path, batches: Iterator[np.ndarray], n: int) -> None:
@@ -116,6 +117,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     """Decode `--n` prior samples with the ONNX decoder, in batches, and write them to `--out`: a
     PNG grid, or a .npy array for many."""
     out = check_output(args.out, args.n)  # before any download or decoding
+    check_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="vaegan-sample-") as download_dir:
         decoder_path = resolve_decoder(args.model, config, args.tracking_uri, download_dir)
         session = onnx_runtime.create_session(decoder_path, "auto")  # loaded into memory here

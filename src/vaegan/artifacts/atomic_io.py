@@ -50,6 +50,20 @@ def remove_stale_staging(target: Path) -> list[Path]:
     return removed
 
 
+def output_file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (a directory there, its folder missing or not
+    writable), for a check before the work that produces it; None when it can. A missing folder is
+    a problem: a typo in a path should not create folders."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        return f"{path} is a directory; name a file in it"
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"directory {parent} is not writable"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it."""
