@@ -4,6 +4,7 @@ CAP_SYS_ADMIN: the test is skipped, saying why, where mounting is not permitted)
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,3 +26,8 @@ def mounted_tmpfs(where: Path, size: str = "2m", read_only: bool = False) -> Ite
         yield where
     finally:
         subprocess.run(["umount", str(where)], check=True)
+
+
+def fill(disk: Path, leave: int = 4096) -> None:
+    """Fill the file system of `disk` but `leave` bytes, with a file named `filler`."""
+    (disk / "filler").write_bytes(b"\0" * max(shutil.disk_usage(disk).free - leave, 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,15 +79,15 @@ def check_seed(seed: int) -> None:
 
 
 def write_npy(path: Path, batches: Iterator[np.ndarray], n: int) -> None:
-    """Stream uint8 batches into an (n, 28, 28) .npy at `path`, atomically."""
-    with atomic_path(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 28, 28))
-        start = 0
+    """Stream uint8 batches into an (n, 28, 28) .npy at `path`, atomically. The file is allocated
+    whole before the first batch is decoded (a full disk fails at once) and written with plain
+    writes: a memory map onto a full disk dies of SIGBUS instead of raising."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+    with atomic_path(path) as tmp, open(tmp, "r+b") as handle:
+        np.lib.format.write_array_header_1_0(handle, {**header, "shape": (n, 28, 28)})
+        os.posix_fallocate(handle.fileno(), 0, handle.tell() + n * 28 * 28)
         for batch in batches:
-            array[start : start + len(batch)] = batch
-            start += len(batch)
-        array.flush()
-        del array
+            handle.write(np.ascontiguousarray(batch, dtype=np.uint8).tobytes())  # (b, 28, 28)
 
 
 def is_model_uri(model: str) -> bool:
