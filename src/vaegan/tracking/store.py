@@ -9,6 +9,11 @@ absolute against the DVC repository the command runs for: DVC sets `DVC_ROOT` fo
 for `dvc exp run --temp`/`--queue` it points at the user's repository, not at the temporary copy
 the experiment runs in (which DVC deletes afterwards, and the runs with it). Outside DVC they are
 made absolute against the working directory.
+
+MLflow records absolute artifact locations in the store. A workspace moved or copied with its
+mlflow.db would read and write the original folder's artifacts: `connect` refuses a local store
+whose `tracking.experiment` keeps its artifacts elsewhere than `tracking.artifact_location` says,
+naming the folder it came from (`check_artifact_root`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -148,7 +154,40 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
         raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
     except Exception as exc:  # requests/sqlalchemy errors, ...
         raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
+    if uri == tracking_uri(tracking):  # the workspace's own store (not another one named by hand)
+        check_artifact_root(client, tracking, uri)
     return client
+
+
+def local_artifact_root(tracking: TrackingConfig) -> str | None:
+    """The file URI of `tracking.artifact_location` for a local store (relative: in the workspace);
+    None for a server, which decides its own."""
+    if _scheme(tracking_uri(tracking)) not in LOCAL_SCHEMES:
+        return None
+    return Path(anchored(tracking.artifact_location)).resolve().as_uri()
+
+
+def _uri_path(location: str) -> str:
+    """A file URI's path (other locations unchanged), for messages."""
+    parsed = urllib.parse.urlparse(location)
+    return urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else location
+
+
+def check_artifact_root(client: MlflowClient, tracking: TrackingConfig, uri: str) -> None:
+    """RegistryError when the local store at `uri` keeps `tracking.experiment`'s artifacts somewhere
+    else than `tracking.artifact_location`: a workspace moved or copied with its mlflow.db, whose
+    runs would read and write the original folder's artifacts."""
+    expected = local_artifact_root(tracking)
+    experiment = client.get_experiment_by_name(tracking.experiment) if expected else None
+    if experiment is None or experiment.artifact_location == expected:
+        return
+    recorded = _uri_path(experiment.artifact_location)
+    raise RegistryError(
+        f"MLflow store {uri} keeps the artifacts of experiment {tracking.experiment!r} in {recorded}, "
+        f"not in {_uri_path(str(expected))} (tracking.artifact_location): this workspace or its store "
+        f"was moved or copied from {Path(recorded).parent}, and its runs would read and write there; "
+        "work in the original, or start a new store here (move mlflow.db and the artifact folder aside)"
+    )
 
 
 def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str | None = None) -> str:
@@ -157,9 +196,7 @@ def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str 
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    artifact_location = None
-    if _scheme(tracking_uri(tracking)) in LOCAL_SCHEMES:
-        artifact_location = Path(anchored(tracking.artifact_location)).resolve().as_uri()
+    artifact_location = local_artifact_root(tracking)
     return str(client.create_experiment(experiment_name, artifact_location=artifact_location))
 
 
