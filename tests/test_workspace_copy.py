@@ -61,11 +61,10 @@ def test_a_copied_or_moved_workspace_refuses_its_store_naming_the_original(
     assert train("train.resume=never") == 2  # a new run
     assert train("train.epochs=2") == 2  # the copied run, resumed
     refusal = (
-        f"vaegan train: error: MLflow store sqlite:///{copy / 'mlflow.db'} keeps the artifacts of "
-        f"experiment 'vaegan' in {original / 'mlartifacts'}, not in {copy / 'mlartifacts'} "
-        f"(tracking.artifact_location): this workspace or its store was moved or copied from {original}, "
-        "and its runs would read and write there; work in the original, or start a new store here "
-        "(move mlflow.db and the artifact folder aside)"
+        f"vaegan train: error: MLflow store sqlite:///{copy / 'mlflow.db'} was moved or copied from "
+        f"{original / 'mlflow.db'}: its experiment 'vaegan' keeps its artifacts in "
+        f"{original / 'mlartifacts'}, and this workspace's runs would read and write there; work in the "
+        "original, or start a new store here (move mlflow.db and the artifact folder aside)"
     )
     assert capsys.readouterr().err.splitlines() == [refusal, refusal]
     assert files(original / "mlartifacts") == artifacts
@@ -74,7 +73,7 @@ def test_a_copied_or_moved_workspace_refuses_its_store_naming_the_original(
     original.rename(moved)
     monkeypatch.chdir(moved)
     assert train("train.resume=never") == 2
-    assert f"was moved or copied from {original}," in capsys.readouterr().err
+    assert f"was moved or copied from {original / 'mlflow.db'}:" in capsys.readouterr().err
 
     # The original, where it was made, keeps working; so does a copy given a store of its own.
     moved.rename(original)
@@ -87,3 +86,20 @@ def test_a_copied_or_moved_workspace_refuses_its_store_naming_the_original(
     assert train("train.resume=never") == 0
     assert any(name.endswith("samples.png") for name in files(fresh / "mlartifacts"))
     assert files(original / "mlartifacts").keys() > artifacts.keys()  # only the original's own run grew
+
+
+def test_workspaces_sharing_one_store_are_not_a_copy(
+    tmp_path: Path, tiny_config_at: TinyConfigAt, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two checkouts with one MLFLOW_TRACKING_URI: the experiment was created in that very store."""
+    store = tmp_path / "mlflow.db"
+    shutil.copy(_migrated_mlflow_db, store)
+    for name in ("one", "two"):
+        workspace = tmp_path / name
+        workspace.mkdir()
+        config = tiny_config_at(workspace, **{**RELATIVE, "tracking": {"artifact_location": "mlartifacts"}})
+        (workspace / "params.yaml").write_text(yaml.safe_dump(config.to_dict()))
+        monkeypatch.chdir(workspace)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        assert main(["train", "--set", f"tracking.uri=sqlite:///{store}"]) == 0
+    assert not (tmp_path / "two" / "mlartifacts").exists()  # the experiment's folder is one's

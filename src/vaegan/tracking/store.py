@@ -11,9 +11,10 @@ the experiment runs in (which DVC deletes afterwards, and the runs with it). Out
 made absolute against the working directory.
 
 MLflow records absolute artifact locations in the store. A workspace moved or copied with its
-mlflow.db would read and write the original folder's artifacts: `connect` refuses a local store
-whose `tracking.experiment` keeps its artifacts elsewhere than `tracking.artifact_location` says,
-naming the folder it came from (`check_artifact_root`).
+mlflow.db would read and write the original folder's artifacts: an experiment created here carries
+the URI of the store it was created in (tag `vaegan.store`), and `connect` refuses a local store
+whose `tracking.experiment` was created in another one, naming it (`check_store_origin`). Several
+workspaces sharing one store (one MLFLOW_TRACKING_URI) are fine: the tag is that store's.
 """
 
 from __future__ import annotations
@@ -155,8 +156,12 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
     except Exception as exc:  # requests/sqlalchemy errors, ...
         raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
     if uri == tracking_uri(tracking):  # the workspace's own store (not another one named by hand)
-        check_artifact_root(client, tracking, uri)
+        check_store_origin(client, tracking, uri)
     return client
+
+
+# Experiment tag: the URI of the local store the experiment was created in.
+STORE_TAG = "vaegan.store"
 
 
 def local_artifact_root(tracking: TrackingConfig) -> str | None:
@@ -173,20 +178,31 @@ def _uri_path(location: str) -> str:
     return urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else location
 
 
-def check_artifact_root(client: MlflowClient, tracking: TrackingConfig, uri: str) -> None:
-    """RegistryError when the local store at `uri` keeps `tracking.experiment`'s artifacts somewhere
-    else than `tracking.artifact_location`: a workspace moved or copied with its mlflow.db, whose
-    runs would read and write the original folder's artifacts."""
-    expected = local_artifact_root(tracking)
-    experiment = client.get_experiment_by_name(tracking.experiment) if expected else None
-    if experiment is None or experiment.artifact_location == expected:
+def check_store_origin(client: MlflowClient, tracking: TrackingConfig, uri: str) -> None:
+    """RegistryError when `tracking.experiment` of the local store at `uri` was created in another
+    store (its `vaegan.store` tag): an mlflow.db moved or copied with its workspace, whose runs would
+    read and write the original folder's artifacts. An experiment from before the tag is adopted
+    when its artifacts are where `tracking.artifact_location` says, else refused the same way."""
+    artifact_root = local_artifact_root(tracking)
+    experiment = client.get_experiment_by_name(tracking.experiment) if artifact_root else None
+    if experiment is None:
         return
-    recorded = _uri_path(experiment.artifact_location)
+    origin = experiment.tags.get(STORE_TAG)
+    if origin == uri:
+        return
+    if origin is None and experiment.artifact_location == artifact_root:
+        client.set_experiment_tag(experiment.experiment_id, STORE_TAG, uri)
+        return
+    came_from = (
+        origin.removeprefix("sqlite:///")
+        if origin
+        else str(Path(_uri_path(experiment.artifact_location)).parent)
+    )
     raise RegistryError(
-        f"MLflow store {uri} keeps the artifacts of experiment {tracking.experiment!r} in {recorded}, "
-        f"not in {_uri_path(str(expected))} (tracking.artifact_location): this workspace or its store "
-        f"was moved or copied from {Path(recorded).parent}, and its runs would read and write there; "
-        "work in the original, or start a new store here (move mlflow.db and the artifact folder aside)"
+        f"MLflow store {uri} was moved or copied from {came_from}: its experiment "
+        f"{tracking.experiment!r} keeps its artifacts in {_uri_path(experiment.artifact_location)}, "
+        "and this workspace's runs would read and write there; work in the original, or start a new "
+        "store here (move mlflow.db and the artifact folder aside)"
     )
 
 
@@ -197,7 +213,8 @@ def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str 
     if experiment is not None:
         return str(experiment.experiment_id)
     artifact_location = local_artifact_root(tracking)
-    return str(client.create_experiment(experiment_name, artifact_location=artifact_location))
+    tags = {STORE_TAG: tracking_uri(tracking)} if artifact_location else None
+    return str(client.create_experiment(experiment_name, artifact_location=artifact_location, tags=tags))
 
 
 METRICS_PER_BATCH = 100  # well inside MLflow's limit of metrics per log_batch request
