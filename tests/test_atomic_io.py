@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -6,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tmpfs import fill, mounted_tmpfs
 from vaegan.artifacts.atomic_io import atomic_directory, write_bytes
 from vaegan.artifacts.checkpoint import save_checkpoint
+from vaegan.errors import OutputError, VaeganError
 
 
 def test_written_files_get_umask_permissions(tmp_path: Path) -> None:
@@ -63,3 +66,33 @@ def test_a_killed_writers_staging_is_removed_by_the_next_write(tmp_path: Path) -
     assert live.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "prepared", "vaegan.pt"])
     assert (tmp_path / "vaegan.pt").read_bytes() == b"whole"
+
+
+def test_a_full_disk_is_one_output_error_naming_the_path_and_keeps_the_previous_output(
+    tmp_path: Path,
+) -> None:
+    with mounted_tmpfs(tmp_path / "disk", size="1m") as disk:
+        target = disk / "out.bin"
+        target.write_bytes(b"old")
+        folder = disk / "onnx"
+        folder.mkdir()
+        (folder / "decoder.onnx").write_bytes(b"old graph")
+        with pytest.raises(OutputError) as file_error:
+            write_bytes(target, b"x" * 2_000_000)
+        with pytest.raises(OutputError) as folder_error, atomic_directory(folder) as staging:
+            write_bytes(staging / "decoder.onnx", b"y" * 2_000_000)  # an atomic file inside the folder
+        fill(disk)
+        with pytest.raises(OutputError) as full_error:
+            write_bytes(target, b"z" * 10_000)
+        assert target.read_bytes() == b"old"
+        assert (folder / "decoder.onnx").read_bytes() == b"old graph"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "onnx", "out.bin"]  # no staging left
+        assert sorted(p.name for p in folder.iterdir()) == ["decoder.onnx"]
+    for error, path in ((file_error, target), (folder_error, folder), (full_error, target)):
+        message = str(error.value)
+        assert message.startswith(f"cannot write {path}: No space left on device (")
+        assert re.search(
+            rf"\(\d+\.\d MB free in {re.escape(str(disk))}\); the previous output is kept$", message
+        )
+    assert "(0.0 MB free in" in str(full_error.value)
+    assert isinstance(file_error.value, VaeganError) and file_error.value.exit_code == 2

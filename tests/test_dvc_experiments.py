@@ -20,6 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.test_dvc_pipeline import dvc, git
+from vaegan.artifacts.checkpoint import load_checkpoint
 from vaegan.config import TrackingConfig
 from vaegan.tracking.store import tracking_uri, uri_in_effect
 
@@ -154,3 +155,17 @@ def test_a_dvc_experiment_runs_the_code_of_its_own_copy(tmp_path: Path) -> None:
     )
     assert f"vaegan imported from {copy / 'src' / 'vaegan' / '__init__.py'}" in queued.stdout
     assert "epochs: 3" in queued.stdout  # the arguments went along
+
+
+@pytest.mark.slow
+def test_an_experiment_with_fewer_epochs_than_the_kept_checkpoint_trains_afresh(exp_repo: Path) -> None:
+    """`dvc exp run -S train.epochs=N` below the persisted last.pt's budget is a new run, not an error."""
+    repo = exp_repo
+    dvc(repo, "exp", "run", "-S", "train.epochs=2")
+    last = repo / "models" / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["state"]["step"] == 8  # 128 images / batch 32, two epochs
+    output = dvc(repo, "exp", "run", "-S", "train.epochs=1")
+    assert "beyond this run's budget of 4 steps" in output and "starting fresh" in output
+    state = load_checkpoint(last)["state"]
+    assert state["completed"] is True and state["step"] == 4
+    assert json.loads((repo / "metrics" / "train.json").read_text())["steps"] == 4

@@ -173,7 +173,10 @@ def test_stage_writes_metrics_report_and_logs_to_mlflow(
     tmp_path: Path, tiny_config: TinyConfig, trained_evaluator: Path, mlflow_uri: str
 ) -> None:
     client = MlflowClient(tracking_uri=mlflow_uri)
-    experiment_id = client.create_experiment("vaegan-test")
+    # where `vaegan train` would have created it: the config's artifact folder (tracking.store refuses a
+    # store whose experiment keeps its artifacts elsewhere, as a copied workspace's does)
+    artifacts = (tmp_path / "mlartifacts").resolve().as_uri()
+    experiment_id = client.create_experiment("vaegan-test", artifact_location=artifacts)
     training_run = client.create_run(experiment_id, run_name="train").info.run_id
     client.set_terminated(training_run)
     model_path = tmp_path / "vaegan.pt"

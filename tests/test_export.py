@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from conftest import TinyConfigAt
+from tests.tmpfs import fill, mounted_tmpfs
 from vaegan import cli
 from vaegan.artifacts import onnx_runtime
 from vaegan.artifacts.checkpoint import final_model_payload, load_model, model_payload, save_checkpoint
@@ -208,3 +210,22 @@ def test_default_preset_exports_batchnorm_in_eval_mode(tmp_path: Path) -> None:
     assert model.training
     again = onnx_runtime.run_decoder(onnx_runtime.create_session(path, "cpu"), z)
     assert np.abs(again - eval_images).max() < TOLERANCE
+
+
+def test_export_onto_a_full_disk_is_one_line_and_keeps_the_previous_export(
+    stage: dict, tiny_config_at: TinyConfigAt, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to end in a 72-line ENOSPC traceback."""
+    with mounted_tmpfs(tmp_path / "disk", size="2m") as disk:
+        onnx_dir = disk / "onnx"
+        shutil.copytree(stage["onnx_dir"], onnx_dir)  # the previous export
+        before = _snapshot(onnx_dir)
+        fill(disk)
+        params = _params_file(tiny_config_at, tmp_path, stage["checkpoint"], dir=str(onnx_dir))
+        assert cli.main(["export", "--params", str(params)]) == 2
+        assert _snapshot(onnx_dir) == before
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "onnx"]  # no staging left
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"vaegan export: error: cannot write {onnx_dir}: No space left on device (")
+    assert err[-1].endswith(f"MB free in {disk}); the previous output is kept")
+    assert not (tmp_path / "metrics" / "export.json").exists()

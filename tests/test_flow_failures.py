@@ -10,8 +10,8 @@ import pytest
 from prefect.states import Completed, Failed
 
 from pipelines import check_champion, retrain
-from vaegan.errors import CheckpointError, RegistryError, ServiceUnavailable
-from vaegan.flows.failures import parse_overrides, worth_retrying
+from vaegan.errors import CheckpointError, RegistryError, ServiceUnavailable, WorkspaceError
+from vaegan.flows.failures import check_dvc_lock, parse_overrides, worth_retrying
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,3 +76,48 @@ def test_refusals_are_not_retried_but_unreachable_servers_and_surprises_are() ->
     assert worth_retrying(None, None, Completed())
     for task in (check_champion.score_champion, retrain.register, retrain.promote, retrain.champion_metrics):
         assert task.retries == 2 and task.retry_condition_fn is worth_retrying, task.name
+
+
+GOOD_LOCK = """schema: '2.0'
+stages:
+  train:
+    cmd: vaegan train
+    outs:
+    - path: models/vaegan.pt
+      hash: md5
+      md5: 0123456789abcdef0123456789abcdef
+      size: 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (bytes(range(128, 256)) * 20, "is not valid utf-8"),
+        (b"", "required key not provided"),
+        (b"- a\n- b\n", "expected a dictionary"),
+        (b"schema: '2.0'\nstages: [\n", "unable to read"),
+        (GOOD_LOCK.replace("md5: 0123", "md5: [0123").encode(), "unable to read"),
+        (b"schema: '2.0'\nstages:\n  train:\n    cmd: echo\n    bogus: 1\n", "extra keys not allowed"),
+    ],
+)
+def test_a_dvc_lock_dvc_cannot_read_is_refused_in_one_line(
+    tmp_path: Path, content: bytes, named: str
+) -> None:
+    lock = tmp_path / "dvc.lock"
+    lock.write_bytes(content)
+    with pytest.raises(WorkspaceError) as refused:
+        check_dvc_lock(lock)
+    message = str(refused.value)
+    assert message.startswith(f"{lock} is not a DVC lock file DVC can read (")
+    assert named in message and "\n" not in message
+    assert message.endswith("restore it (`git checkout -- dvc.lock`) or delete it to run every stage again")
+    assert refused.value.exit_code == 2
+
+
+def test_a_readable_or_missing_dvc_lock_passes(tmp_path: Path) -> None:
+    check_dvc_lock(tmp_path / "dvc.lock")  # a first run: no lock file yet
+    (tmp_path / "dvc.lock").write_text(GOOD_LOCK)
+    check_dvc_lock(tmp_path / "dvc.lock")
+    (tmp_path / "dvc.lock").write_text(GOOD_LOCK.replace("  train:", "  train:\n    deps: []"))
+    check_dvc_lock(tmp_path / "dvc.lock")

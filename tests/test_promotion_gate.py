@@ -49,9 +49,20 @@ def test_first_champion_needs_only_the_absolute_guards() -> None:
     ("challenger", "failed", "named"),
     [
         (candidate(fid=60.0), "max_fid", "registry.max_fid 60"),
-        (candidate(fid="nan"), "max_fid", "fid nan is not below"),
+        (candidate(fid="nan"), "max_fid", "fid nan is not a FID (a positive finite number)"),
+        (candidate(fid=-5.0), "max_fid", "fid -5 is not a FID"),
+        (candidate(fid=0.0), "max_fid", "fid 0 is not a FID"),
+        (candidate(fid="-inf"), "max_fid", "fid -inf is not a FID"),
         (candidate(fid=None), "max_fid", "fid missing"),
         (candidate(accuracy=0.949), "evaluator_accuracy", "registry.min_evaluator_accuracy 0.95"),
+        (
+            candidate(accuracy=float("inf")),
+            "evaluator_accuracy",
+            "inf is not an accuracy (a number in [0, 1])",
+        ),
+        (candidate(accuracy=1.5), "evaluator_accuracy", "1.5 is not an accuracy"),
+        (candidate(accuracy=-0.1), "evaluator_accuracy", "-0.1 is not an accuracy"),
+        (candidate(accuracy=float("nan")), "evaluator_accuracy", "nan is not an accuracy"),
         (candidate(parity="false"), "parity", "parity did not pass"),
         (candidate(encoder_pair="pair-b"), "pair", "pair_id pair-a vs pair-b"),
         (candidate(pair=""), "pair", "not one registration"),
@@ -134,7 +145,26 @@ def test_relative_improvement_is_undefined_without_a_positive_champion_fid() -> 
     assert relative_improvement(None, 10.0) is None
     assert relative_improvement(float("inf"), 10.0) is None
     assert relative_improvement(8.0, 10.0) == pytest.approx(0.2)
-    champion = candidate(fid=0.0, pair="old")
-    decision = decide_promotion(candidate(fid=0.0, pair="new", version="2"), champion, REGISTRY)
-    assert decision.failed == ["improvement"]
-    assert "cannot be compared" in decision.reasons[-1]
+
+
+@pytest.mark.parametrize("champion_fid", ["nan", 0.0, -5.0, "inf", None])
+def test_a_broken_champion_is_replaced_and_the_reason_says_why(champion_fid: float | str | None) -> None:
+    champion = candidate(fid=champion_fid, pair="old", **{"metric.num_samples": "2000"})
+    decision = decide_promotion(candidate(fid=59.0, pair="new", version="2"), champion, REGISTRY)
+    assert decision.promote
+    assert decision.failed == []
+    assert decision.checks[-1].name == "broken_champion"
+    assert decision.reasons[-1].startswith(
+        "pass broken_champion: the champion decoder v1 + encoder v1 has fid "
+        f"{'missing' if champion_fid is None else format(float(champion_fid), '.6g')}, not a FID"
+    )
+    assert decision.compared["relative_improvement"] is None
+
+
+def test_a_broken_champion_is_not_replaced_by_a_broken_challenger() -> None:
+    champion = candidate(fid="nan", pair="old")
+    decision = decide_promotion(
+        candidate(fid=-5.0, accuracy=float("inf"), pair="new", version="2"), champion, REGISTRY
+    )
+    assert not decision.promote
+    assert decision.failed == ["max_fid", "evaluator_accuracy"]

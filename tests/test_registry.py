@@ -30,6 +30,7 @@ from conftest import TinyConfig
 from promotion_worker import promote_in_child
 from vaegan.artifacts.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from vaegan.artifacts.provenance import sha256_file
+from vaegan.cli import main
 from vaegan.config import Config
 from vaegan.errors import RegistryError
 from vaegan.export import export_decoder_onnx, export_encoder_onnx
@@ -481,3 +482,34 @@ def test_against_a_real_mlflow_server(
         load_verified_onnx(f"models:/{DECODER}@{CHAMPION}", config.tracking, dst_dir=download / "again")
     worse = vaegan("promote", "--dry-run")
     assert worse.returncode == 0 and "FAIL new" in worse.stdout
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["promote", "--dry-run"],
+        ["sample", "--model", f"models:/{DECODER}@{CHAMPION}", "--out", "grid.png"],
+        ["reproduce", "--check-only"],
+    ],
+)
+def test_a_corrupt_store_is_one_line_naming_it(
+    tmp_path: Path,
+    _migrated_mlflow_db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+    command: list[str],
+) -> None:
+    db = tmp_path / "mlflow.db"
+    if damage == "random bytes":
+        db.write_bytes(np.random.default_rng(0).bytes(5000))
+    else:
+        db.write_bytes(_migrated_mlflow_db.read_bytes()[:4096])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"vaegan {command[0]}: error: MLflow store 'sqlite:///{db}' cannot be opened: ")
+    assert "(sqlite3.DatabaseError)" in err[0]

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.test_flow_interrupts import alive_after, kill_processes_in
 from tests.test_flows import TINY_PARAMS, harness, make_pipeline_repo  # noqa: F401  (harness: a fixture)
+from tests.tmpfs import mounted_tmpfs
 from vaegan.artifacts.weights_digest import weights_sha256
 from vaegan.cli import main as vaegan_main
 from vaegan.config import ConfigError, build_config, load_config
@@ -428,3 +429,29 @@ def test_a_recorded_commit_missing_from_a_shallow_clone_is_fetched(tmp_path: Pat
     clone = tmp_path / "clone"
     assert git(clone, "rev-parse", "--is-shallow-repository") == "true"
     assert resolve_commit(clone, trained + "-dirty") == trained
+
+
+# --- arguments checked before the registry is read ----------------------------------------------
+
+
+def test_a_missing_repo_or_an_unwritable_report_is_one_line_before_any_work(
+    tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (
+            ["--repo", "/nonexistent"],
+            "--repo: /nonexistent is not a directory (the model's git + DVC repository)",
+        ),
+        (["--report", "missing/verdict.md"], "--report: directory missing does not exist"),
+        (["--report", "."], "--report: . is a directory; name a file in it"),
+    ]
+    for args, message in cases:
+        assert vaegan_main(["reproduce", *args]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"vaegan reproduce: error: {message}"]
+    with mounted_tmpfs(tmp_path / "read-only", read_only=True) as read_only:
+        assert vaegan_main(["reproduce", "--report", str(read_only / "verdict.md")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"vaegan reproduce: error: --report: directory {read_only} is not writable"
+    ]
+    assert MlflowClient(mlflow_uri).search_registered_models() == []  # the registry was not needed

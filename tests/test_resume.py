@@ -156,3 +156,24 @@ def test_changed_training_code_supersedes_a_finished_checkpoint() -> None:
     assert decide_resume({**finished, "resume_key": key}, key, 10, "auto", "last.pt").action == "complete"
     with pytest.raises(CheckpointError, match="code_sha256"):
         decide_resume({**finished, "completed": False, "step": 5}, key, 10, "auto", "last.pt")
+
+
+def test_a_checkpoint_beyond_the_budget_is_a_new_run_and_an_unfinished_one_is_set_aside() -> None:
+    """`--set train.epochs=8` after a 20-epoch run: a smaller budget starts fresh, it is no error."""
+    from vaegan.config import Config
+    from vaegan.nn.resume import decide_resume, resume_key
+
+    key = resume_key(Config(), "d" * 64, 1)
+    finished = {"resume_key": key, "completed": True, "step": 1260}
+    decision = decide_resume(finished, key, 504, "auto", "models/checkpoints/last.pt")
+    assert (decision.action, decision.set_aside) == ("fresh", None)
+    assert decision.reason.startswith(
+        "models/checkpoints/last.pt is at step 1260, beyond this run's budget of 504 steps"
+    )
+    unfinished = decide_resume(
+        {**finished, "completed": False}, key, 504, "auto", "models/checkpoints/last.pt"
+    )
+    assert (unfinished.action, unfinished.set_aside) == ("fresh", "models/checkpoints/last.step1260.pt")
+    assert unfinished.reason.endswith("the unfinished run is kept as models/checkpoints/last.step1260.pt")
+    assert decide_resume(finished, key, 1260, "auto", "last.pt").action == "complete"
+    assert decide_resume({**finished, "completed": False}, key, 1300, "auto", "last.pt").action == "resume"

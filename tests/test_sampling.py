@@ -14,6 +14,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from tests.tmpfs import fill, mounted_tmpfs
 from vaegan import sample
 from vaegan.artifacts import onnx_runtime
 from vaegan.artifacts.images import image_grid, to_uint8
@@ -141,6 +142,36 @@ def test_cli_refuses_outputs_it_cannot_write_before_decoding(
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"vaegan sample: error: {message}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "sub"]
+
+
+def test_cli_refuses_a_negative_seed_in_one_line(decoder: tuple[Path, VAEGAN], tmp_path: Path) -> None:
+    result = _cli("--model", str(decoder[0]), "--seed", "-1", "--out", "grid.png", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vaegan sample: error: --seed: -1 is negative; a seed is an integer >= 0"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_onto_a_full_disk_is_one_line_and_keeps_the_previous_output(
+    decoder: tuple[Path, VAEGAN], tmp_path: Path
+) -> None:
+    """A .npy used to be written through a memory map: SIGBUS (exit 135) and a staging file left."""
+    with mounted_tmpfs(tmp_path / "disk", size="2m") as disk:
+        previous = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+        np.save(disk / "many.npy", previous)
+        npy = _cli("--model", str(decoder[0]), "--n", "10000", "--out", str(disk / "many.npy"), cwd=tmp_path)
+        (disk / "grid.png").write_bytes(b"the previous grid")
+        fill(disk)
+        png = _cli("--model", str(decoder[0]), "--n", "4096", "--out", str(disk / "grid.png"), cwd=tmp_path)
+        assert np.array_equal(np.load(disk / "many.npy"), previous)
+        assert (disk / "grid.png").read_bytes() == b"the previous grid"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "grid.png", "many.npy"]  # no staging
+    for result, name in ((npy, "many.npy"), (png, "grid.png")):
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"vaegan sample: error: cannot write {disk / name}: No space left on device (")
+        assert line.endswith(f"MB free in {disk}); the previous output is kept")
 
 
 def test_sampling_from_a_file_never_imports_torch(decoder: tuple[Path, VAEGAN], tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,64 @@ def test_longer_budget_continues_a_finished_run_exactly(
     # one's two invocations share one MLflow run; two has its own
     assert len(runs) == 2
     assert a["state"]["mlflow_run_id"] != b["state"]["mlflow_run_id"]
+
+
+def test_a_smaller_budget_than_the_checkpoints_is_a_new_run(
+    tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README's experiment after `make run`: fewer epochs than last.pt's run trains afresh."""
+    params = write_params(tiny_config, tmp_path, train={"epochs": 2})
+    assert train(params) == 0
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["state"]["step"] == 16
+    caplog.set_level(logging.INFO, logger="vaegan.train")
+    assert train(params, "train.epochs=1") == 0
+    assert f"{last} is at step 16, beyond this run's budget of 8 steps" in caplog.text
+    assert "a smaller budget is a new run; starting fresh" in caplog.text
+    state = load_checkpoint(last)["state"]
+    assert state["completed"] is True and state["step"] == 8 and len(state["history"]) == 1
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["steps"] == 8
+
+    # An unfinished longer run is kept aside, not overwritten.
+    payload = load_checkpoint(last)
+    payload["state"]["completed"] = False
+    payload["state"]["step"] = 12
+    save_checkpoint(last, payload)
+    unfinished = last.read_bytes()
+    caplog.clear()
+    assert train(params, "train.epochs=1") == 0
+    aside = last.parent / "last.step12.pt"
+    assert f"the unfinished run is kept as {aside}" in caplog.text
+    assert aside.read_bytes() == unfinished
+    assert load_checkpoint(last)["state"]["step"] == 8
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=1", "train.batch_size: 1 is out of range (must be >= 2)"),
+        (
+            "train.prior_components=257",
+            "train.prior_components: 257 mixture components need at least as many training images, "
+            "this run has 256 (the prepared train split, train.limit_train_images=256)",
+        ),
+    ],
+)
+def test_a_run_that_would_fail_late_is_refused_before_any_work(
+    tmp_path: Path,
+    tiny_config: TinyConfig,
+    mlflow_uri: str,
+    capsys: pytest.CaptureFixture[str],
+    override: str,
+    message: str,
+) -> None:
+    params = write_params(tiny_config, tmp_path)
+    assert train(params, override) == 2
+    assert capsys.readouterr().err.splitlines() == [f"vaegan train: error: {message}"]
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("vaegan") is None
+    assert {path.name for path in tmp_path.iterdir()} - {"mlflow.db"} == {"params.yaml"}  # nothing written
 
 
 def test_changed_params_refuse_an_unfinished_checkpoint_and_supersede_a_finished_one(

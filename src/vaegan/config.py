@@ -94,7 +94,8 @@ class TrainConfig:
     epochs: int = _range(9, ge=1)
     # 0 means run all epochs; otherwise stop after this many optimizer steps.
     max_steps: int = _range(0, ge=0)
-    batch_size: int = _range(64, ge=1)
+    # Per process; at least 2: BatchNorm cannot normalise a batch of one image.
+    batch_size: int = _range(64, ge=2)
     lr: float = _range(3e-4, gt=0)
     lr_discriminator: float = _range(3e-4, gt=0)
     beta1: float = _range(0.5, ge=0, lt=1)

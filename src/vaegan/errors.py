@@ -17,6 +17,14 @@ class DataError(VaeganError):
     """A missing, truncated or corrupted data file, or a failed download."""
 
 
+class OutputError(VaeganError):
+    """An output cannot be written (a full disk or quota); the previous output is left as it was."""
+
+
+class WorkspaceError(VaeganError):
+    """A file of the workspace's own state (dvc.lock) that its tools cannot read."""
+
+
 class CheckpointError(VaeganError):
     """A checkpoint that is missing, unreadable or from an incompatible model."""
 

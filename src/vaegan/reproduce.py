@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaegan.artifacts.atomic_io import read_json_object, write_text
+from vaegan.artifacts.atomic_io import output_file_problem, read_json_object, write_text
 from vaegan.artifacts.checkpoint import load_checkpoint
 from vaegan.artifacts.weights_digest import weights_sha256
 from vaegan.config import Config, build_config, parse_override
@@ -196,8 +196,19 @@ def _tag_versions(client: Any, record: RecordedModel, verdict: Verdict) -> None:
             client.set_model_version_tag(name, version, "reproduce.at", now)
 
 
+def check_arguments(repo: str, report: str | None) -> None:
+    """ConfigError when `--repo` is not a folder or `--report` cannot be written: before the
+    registry is read, the rebuild runs and the versions are tagged."""
+    if not Path(repo).is_dir():
+        raise ConfigError(f"--repo: {repo} is not a directory (the model's git + DVC repository)")
+    problem = None if report is None else output_file_problem(Path(report))
+    if problem is not None:
+        raise ConfigError(f"--report: {problem}")
+
+
 def run(config: Config, args: argparse.Namespace) -> int:
     """`vaegan reproduce`: print the verdict table; exit 0 identical/equivalent, 1 different."""
+    check_arguments(args.repo, args.report)
     defaults = Tolerance()
     tolerance = Tolerance(
         defaults.fid_relative if args.fid_tolerance is None else args.fid_tolerance,

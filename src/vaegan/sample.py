@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from vaegan.artifacts import onnx_runtime
-from vaegan.artifacts.atomic_io import atomic_path
+from vaegan.artifacts.atomic_io import atomic_path, output_file_problem
 from vaegan.artifacts.images import image_grid, to_uint8, write_png
 from vaegan.config import Config
 from vaegan.errors import CheckpointError, ConfigError
@@ -66,26 +66,28 @@ def check_output(out: str, n: int) -> Path:
     if n > limit:
         hint = "; write a .npy instead" if path.suffix.lower() == ".png" else ""
         raise ConfigError(f"--n: {n} images do not fit a {path.suffix} output (at most {limit:,}){hint}")
-    if path.is_dir():
-        raise ConfigError(f"--out: {out} is a directory; name a file in it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"--out: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"--out: directory {parent} is not writable")
+    problem = output_file_problem(path)
+    if problem is not None:
+        raise ConfigError(f"--out: {problem}")
     return path
 
 
+def check_seed(seed: int) -> None:
+    """ConfigError unless `seed` can seed numpy's generator (an integer >= 0)."""
+    if seed < 0:
+        raise ConfigError(f"--seed: {seed} is negative; a seed is an integer >= 0")
+
+
 def write_npy(path: Path, batches: Iterator[np.ndarray], n: int) -> None:
-    """Stream uint8 batches into an (n, 28, 28) .npy at `path`, atomically."""
-    with atomic_path(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 28, 28))
-        start = 0
+    """Stream uint8 batches into an (n, 28, 28) .npy at `path`, atomically. The file is allocated
+    whole before the first batch is decoded (a full disk fails at once) and written with plain
+    writes: a memory map onto a full disk dies of SIGBUS instead of raising."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+    with atomic_path(path) as tmp, open(tmp, "r+b") as handle:
+        np.lib.format.write_array_header_1_0(handle, {**header, "shape": (n, 28, 28)})
+        os.posix_fallocate(handle.fileno(), 0, handle.tell() + n * 28 * 28)
         for batch in batches:
-            array[start : start + len(batch)] = batch
-            start += len(batch)
-        array.flush()
-        del array
+            handle.write(np.ascontiguousarray(batch, dtype=np.uint8).tobytes())  # (b, 28, 28)
 
 
 def is_model_uri(model: str) -> bool:
@@ -116,6 +118,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     """Decode `--n` prior samples with the ONNX decoder, in batches, and write them to `--out`: a
     PNG grid, or a .npy array for many."""
     out = check_output(args.out, args.n)  # before any download or decoding
+    check_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="vaegan-sample-") as download_dir:
         decoder_path = resolve_decoder(args.model, config, args.tracking_uri, download_dir)
         session = onnx_runtime.create_session(decoder_path, "auto")  # loaded into memory here

@@ -12,6 +12,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from vaegan.nn import distributed
 from vaegan.nn.cuda_graph import check_graphable
 from vaegan.nn.devices import select_device, training_environment
 from vaegan.nn.distributed import Distributed
-from vaegan.nn.latent_prior import fit_trained_prior
+from vaegan.nn.latent_prior import check_prior_components, fit_trained_prior
 from vaegan.nn.loop import HISTORY_COLUMNS, fit_vaegan, images_to_device, target_steps
 from vaegan.nn.resume import decide_resume, resume_key
 from vaegan.tracking.training_run import TrainingRun
@@ -159,6 +160,7 @@ def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
     images = train_split.images
     if config.train.limit_train_images:
         images = images[: config.train.limit_train_images]
+    check_prior_components(config.train, len(images))  # before the run opens: the fit comes last
     sha = data_sha256(prepared)
     key = resume_key(config, sha, ctx.world_size)
     total = target_steps(len(images), config, ctx.world_size)
@@ -169,6 +171,8 @@ def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
     )
     if ctx.is_main:
         log.info("%s", decision.reason)
+        if decision.set_aside is not None:
+            os.replace(checkpoint_path, decision.set_aside)
     if decision.action == "complete":
         assert existing is not None
         if ctx.is_main:

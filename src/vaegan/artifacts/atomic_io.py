@@ -1,16 +1,23 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one. And the one reader
-of the JSON objects they write (`read_json_object`)."""
+"""Atomic writes: a reader sees the old file or the new one, never half of one; a write that runs
+out of space is an `OutputError` naming the path and the free space, and leaves no staging behind.
+And the one reader of the JSON objects they write (`read_json_object`)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from vaegan.errors import OutputError
+
+# A write that failed for want of space: the disk, the user's quota, or the largest file allowed.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _umask() -> int:
@@ -51,6 +58,39 @@ def remove_stale_staging(target: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
+def _out_of_space_is_output_error(target: Path, remove_staging: Callable[[], None]) -> Iterator[None]:
+    """An OSError for want of space becomes an OutputError naming `target` and the space that is
+    free once the staging is removed (`remove_staging`); so does the OutputError of a file written
+    inside a staging folder (it names the folder's target, not the staging); other errors pass."""
+    try:
+        yield
+    except (OSError, OutputError) as exc:
+        cause = exc.__cause__ if isinstance(exc, OutputError) else exc
+        if not (isinstance(cause, OSError) and cause.errno in NO_SPACE):
+            raise
+        remove_staging()
+        free = shutil.disk_usage(target.parent).free
+        raise OutputError(
+            f"cannot write {target}: {cause.strerror or os.strerror(cause.errno)} "
+            f"({free / 1e6:.1f} MB free in {target.parent}); the previous output is kept"
+        ) from cause
+
+
+def output_file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (a directory there, its folder missing or not
+    writable), for a check before the work that produces it; None when it can. A missing folder is
+    a problem: a typo in a path should not create folders."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        return f"{path} is a directory; name a file in it"
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"directory {parent} is not writable"
+    return None
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it."""
     target = Path(path)
@@ -61,10 +101,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        with _out_of_space_is_output_error(target, lambda: tmp.unlink(missing_ok=True)):
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -111,7 +152,8 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(staging, 0o777 & ~_umask())
     old = target.parent / f".{target.name}.old"
     try:
-        yield staging
+        with _out_of_space_is_output_error(target, lambda: shutil.rmtree(staging, ignore_errors=True)):
+            yield staging
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
             os.replace(target, old)

@@ -11,12 +11,19 @@ exit 130 once the flow has cleaned up.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+from dvc.exceptions import DvcException
+from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+from dvc.utils.serialize import load_yaml
+from voluptuous import Invalid
+
 from vaegan.config import load_config, parse_override
-from vaegan.errors import ServiceUnavailable, VaeganError, first_line
+from vaegan.errors import ServiceUnavailable, VaeganError, WorkspaceError, first_line
 
 INTERRUPTED = 130  # 128 + SIGINT
 
@@ -47,6 +54,22 @@ def validate_params(overrides: Mapping[str, Any], params_path: str = "params.yam
     """ConfigError when params.yaml with `overrides` applied is not a valid config (every field and
     the cross-field checks), before any stage runs."""
     load_config(params_path, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
+
+
+def check_dvc_lock(path: str | os.PathLike[str] = "dvc.lock") -> None:
+    """WorkspaceError when the lock file at `path` exists but DVC cannot read it (not UTF-8 YAML, or
+    not a lock file's schema: DVC then refuses every stage), read with DVC's own loader and schema,
+    before Prefect starts. No lock file is fine: the first run writes it."""
+    lock = Path(path)
+    if not lock.exists():
+        return
+    try:
+        COMPILED_LOCKFILE_SCHEMA(load_yaml(lock))
+    except (DvcException, Invalid) as exc:
+        raise WorkspaceError(
+            f"{lock} is not a DVC lock file DVC can read ({first_line(exc)}): restore it "
+            f"(`git checkout -- {lock.name}`) or delete it to run every stage again"
+        ) from exc
 
 
 def run_command(prog: str, body: Callable[[], int]) -> int:

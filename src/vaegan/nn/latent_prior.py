@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vaegan.errors import ConfigError
+
 if TYPE_CHECKING:
     from vaegan.config import TrainConfig
 
@@ -232,6 +234,17 @@ def encoder_means(encoder: nn.Module, x: torch.Tensor, batch_size: int = 1000) -
     ]
     encoder.train(was_training)
     return np.concatenate(parts)
+
+
+def check_prior_components(train: TrainConfig, num_images: int) -> None:
+    """ConfigError when `train.prior` cannot be fitted to the codes of `num_images` training images
+    (a mixture needs at least one code per component): checked before training, not after it."""
+    if train.prior == "mixture" and train.prior_components > num_images:
+        raise ConfigError(
+            f"train.prior_components: {train.prior_components} mixture components need at least as many "
+            f"training images, this run has {num_images} (the prepared train split, "
+            f"train.limit_train_images={train.limit_train_images})"
+        )
 
 
 def fit_trained_prior(

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,10 +97,19 @@ def key_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 @dataclass(frozen=True)
 class ResumeDecision:
-    """`action` is "fresh" (train from scratch), "resume" or "complete" (nothing left to train)."""
+    """`action` is "fresh" (train from scratch), "resume" or "complete" (nothing left to train);
+    `set_aside`, when not None, is where the checkpoint must be moved before a fresh start."""
 
     action: str
     reason: str
+    set_aside: str | None = None
+
+
+def set_aside_path(path: str, step: int) -> str:
+    """Where an unfinished checkpoint `path` (`.../last.pt`) at `step` is kept when a new run
+    replaces it: `.../last.step<step>.pt`."""
+    name = Path(path)
+    return str(name.with_name(f"{name.stem}.step{step}{name.suffix}"))
 
 
 def decide_resume(
@@ -110,7 +120,9 @@ def decide_resume(
     - no checkpoint, or `train.resume: never` -> fresh
     - key differs: a finished run's checkpoint is superseded (fresh); an unfinished one is kept
       and the run refuses (CheckpointError), so that changed params never destroy progress silently
-    - key matches: resume; past the step budget -> CheckpointError; finished at the budget -> complete
+    - key matches: resume; finished at the budget -> complete; past the budget (a smaller
+      train.epochs / train.max_steps than the checkpoint's run) -> fresh: a smaller budget is a new
+      run, and an unfinished checkpoint is set aside (`set_aside_path`) rather than overwritten
     """
     if state is None:
         return ResumeDecision("fresh", f"no checkpoint at {path}")
@@ -131,10 +143,14 @@ def decide_resume(
             "to start over"
         )
     if step > target_steps:
-        raise CheckpointError(
+        beyond = (
             f"{path} is at step {step}, beyond this run's budget of {target_steps} steps "
-            "(train.epochs / train.max_steps): raise the budget, or delete the file to start over"
+            "(train.epochs / train.max_steps): a smaller budget is a new run; starting fresh"
         )
+        if completed:
+            return ResumeDecision("fresh", f"{beyond} (the finished run is replaced at the first checkpoint)")
+        aside = set_aside_path(path, step)
+        return ResumeDecision("fresh", f"{beyond}; the unfinished run is kept as {aside}", set_aside=aside)
     if completed and step == target_steps:
         return ResumeDecision("complete", f"{path} already finished this run at step {step}")
     return ResumeDecision("resume", f"resuming {path} at step {step}")

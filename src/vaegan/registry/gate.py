@@ -7,13 +7,16 @@ the reasons at once:
 
 - pair: encoder and decoder come from the same registration (same non-empty `pair_id`).
 - parity: the export's ONNX Runtime vs PyTorch parity check passed (`parity_passed` = true).
-- max_fid: `fid` is finite and below `registry.max_fid`.
-- evaluator_accuracy: `evaluator_test_accuracy` >= `registry.min_evaluator_accuracy` (the
-  evaluator whose features and labels the metrics use must itself be good).
+- max_fid: `fid` is a FID (a positive finite number) below `registry.max_fid`.
+- evaluator_accuracy: `evaluator_test_accuracy` is an accuracy (in [0, 1]) and at least
+  `registry.min_evaluator_accuracy` (the evaluator whose features and labels the metrics use must
+  itself be good).
 - With a champion: not already champion; the two FIDs are comparable (same number of samples,
   feature extractor and evaluator file, where both record them: FID is biased by N and its scale
   depends on the features); and the challenger's `fid` is lower than the champion's by at least
-  `registry.min_improvement` relative, (champion - challenger) / champion.
+  `registry.min_improvement` relative, (champion - challenger) / champion. A champion whose `fid`
+  is not a FID (missing, NaN, zero or negative: a broken registration) cannot be compared with:
+  any challenger that passes the absolute checks replaces it (`broken_champion`).
 - Without a champion, the first registration that passes the absolute checks becomes champion.
 """
 
@@ -93,6 +96,16 @@ def _fmt(value: float | None) -> str:
     return "missing" if value is None else f"{value:.6g}"
 
 
+def is_fid(value: float | None) -> bool:
+    """True for a possible FID value: a positive finite number."""
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def is_accuracy(value: float | None) -> bool:
+    """True for a possible accuracy: a number in [0, 1]."""
+    return value is not None and 0.0 <= value <= 1.0
+
+
 def absolute_checks(challenger: Candidate, registry: RegistryConfig) -> list[Check]:
     """The checks a registration must pass whatever the champion: pair, parity, max_fid, evaluator."""
     decoder_pair = challenger.decoder_tags.get("pair_id")
@@ -119,27 +132,37 @@ def absolute_checks(challenger: Candidate, registry: RegistryConfig) -> list[Che
             f"encoder {parity[1] or 'missing'})",
         )
     )
-    fid = challenger.number("metric.fid")
-    fid_ok = fid is not None and math.isfinite(fid) and fid < registry.max_fid
-    checks.append(
-        Check(
-            "max_fid",
-            fid_ok,
-            f"fid {_fmt(fid)} {'<' if fid_ok else 'is not below'} registry.max_fid {registry.max_fid:g}",
-        )
-    )
-    accuracy = challenger.number("metric.evaluator_test_accuracy")
-    accuracy_ok = accuracy is not None and accuracy >= registry.min_evaluator_accuracy
-    checks.append(
-        Check(
-            "evaluator_accuracy",
-            accuracy_ok,
-            f"evaluator_test_accuracy {_fmt(accuracy)} "
-            f"{'>=' if accuracy_ok else 'is below'} registry.min_evaluator_accuracy "
-            f"{registry.min_evaluator_accuracy:g}",
-        )
-    )
+    checks.append(_max_fid_check(challenger.number("metric.fid"), registry))
+    checks.append(_accuracy_check(challenger.number("metric.evaluator_test_accuracy"), registry))
     return checks
+
+
+def _max_fid_check(fid: float | None, registry: RegistryConfig) -> Check:
+    if fid is not None and not is_fid(fid):
+        return Check("max_fid", False, f"fid {_fmt(fid)} is not a FID (a positive finite number)")
+    fid_ok = fid is not None and is_fid(fid) and fid < registry.max_fid
+    return Check(
+        "max_fid",
+        fid_ok,
+        f"fid {_fmt(fid)} {'<' if fid_ok else 'is not below'} registry.max_fid {registry.max_fid:g}",
+    )
+
+
+def _accuracy_check(accuracy: float | None, registry: RegistryConfig) -> Check:
+    if accuracy is not None and not is_accuracy(accuracy):
+        return Check(
+            "evaluator_accuracy",
+            False,
+            f"evaluator_test_accuracy {_fmt(accuracy)} is not an accuracy (a number in [0, 1])",
+        )
+    accuracy_ok = accuracy is not None and accuracy >= registry.min_evaluator_accuracy
+    return Check(
+        "evaluator_accuracy",
+        accuracy_ok,
+        f"evaluator_test_accuracy {_fmt(accuracy)} "
+        f"{'>=' if accuracy_ok else 'is below'} registry.min_evaluator_accuracy "
+        f"{registry.min_evaluator_accuracy:g}",
+    )
 
 
 def relative_improvement(challenger_fid: float | None, champion_fid: float | None) -> float | None:
@@ -155,6 +178,17 @@ def champion_checks(challenger: Candidate, champion: Candidate, registry: Regist
     """The checks against a champion: not the same registration, comparable FIDs, enough improvement."""
     if challenger.pair_id is not None and challenger.pair_id == champion.pair_id:
         return [Check("new", False, f"{challenger.label()} is already the champion")]
+    champion_fid = champion.number("metric.fid")
+    if not is_fid(champion_fid):
+        return [
+            Check(
+                "broken_champion",
+                True,
+                f"the champion {champion.label()} has fid {_fmt(champion_fid)}, not a FID (a positive "
+                "finite number): it cannot be compared with, and a challenger that passes the absolute "
+                "checks replaces it",
+            )
+        ]
     checks = []
     differ = [
         f"{tag} {champion.decoder_tags[tag]} vs {challenger.decoder_tags[tag]}"
@@ -172,7 +206,7 @@ def champion_checks(challenger: Candidate, champion: Candidate, registry: Regist
             else "FID not comparable with the champion's: " + "; ".join(differ),
         )
     )
-    fid, champion_fid = challenger.number("metric.fid"), champion.number("metric.fid")
+    fid = challenger.number("metric.fid")
     improvement = relative_improvement(fid, champion_fid)
     improved = improvement is not None and improvement >= registry.min_improvement
     if improvement is None:

@@ -9,6 +9,12 @@ absolute against the DVC repository the command runs for: DVC sets `DVC_ROOT` fo
 for `dvc exp run --temp`/`--queue` it points at the user's repository, not at the temporary copy
 the experiment runs in (which DVC deletes afterwards, and the runs with it). Outside DVC they are
 made absolute against the working directory.
+
+MLflow records absolute artifact locations in the store. A workspace moved or copied with its
+mlflow.db would read and write the original folder's artifacts: an experiment created here carries
+the URI of the store it was created in (tag `vaegan.store`), and `connect` refuses a local store
+whose `tracking.experiment` was created in another one, naming it (`check_store_origin`). Several
+workspaces sharing one store (one MLFLOW_TRACKING_URI) are fine: the tag is that store's.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import math
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -133,7 +140,10 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
         _probe_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:  # a local store is opened (and its schema checked) when the client is built
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as exc:  # sqlalchemy's DatabaseError for a corrupt file, MlflowException, ...
+        raise RegistryError(f"MLflow store {uri!r} cannot be opened: {first_line(exc)}") from exc
     try:
         client.search_experiments(max_results=1)
     except MlflowException as exc:
@@ -145,7 +155,55 @@ def connect(tracking: TrackingConfig, uri: str | None = None) -> MlflowClient:
         raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
     except Exception as exc:  # requests/sqlalchemy errors, ...
         raise ServiceUnavailable(f"MLflow tracking URI {uri!r} is not reachable: {first_line(exc)}") from exc
+    if uri == tracking_uri(tracking):  # the workspace's own store (not another one named by hand)
+        check_store_origin(client, tracking, uri)
     return client
+
+
+# Experiment tag: the URI of the local store the experiment was created in.
+STORE_TAG = "vaegan.store"
+
+
+def local_artifact_root(tracking: TrackingConfig) -> str | None:
+    """The file URI of `tracking.artifact_location` for a local store (relative: in the workspace);
+    None for a server, which decides its own."""
+    if _scheme(tracking_uri(tracking)) not in LOCAL_SCHEMES:
+        return None
+    return Path(anchored(tracking.artifact_location)).resolve().as_uri()
+
+
+def _uri_path(location: str) -> str:
+    """A file URI's path (other locations unchanged), for messages."""
+    parsed = urllib.parse.urlparse(location)
+    return urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else location
+
+
+def check_store_origin(client: MlflowClient, tracking: TrackingConfig, uri: str) -> None:
+    """RegistryError when `tracking.experiment` of the local store at `uri` was created in another
+    store (its `vaegan.store` tag): an mlflow.db moved or copied with its workspace, whose runs would
+    read and write the original folder's artifacts. An experiment from before the tag is adopted
+    when its artifacts are where `tracking.artifact_location` says, else refused the same way."""
+    artifact_root = local_artifact_root(tracking)
+    experiment = client.get_experiment_by_name(tracking.experiment) if artifact_root else None
+    if experiment is None:
+        return
+    origin = experiment.tags.get(STORE_TAG)
+    if origin == uri:
+        return
+    if origin is None and experiment.artifact_location == artifact_root:
+        client.set_experiment_tag(experiment.experiment_id, STORE_TAG, uri)
+        return
+    came_from = (
+        origin.removeprefix("sqlite:///")
+        if origin
+        else str(Path(_uri_path(experiment.artifact_location)).parent)
+    )
+    raise RegistryError(
+        f"MLflow store {uri} was moved or copied from {came_from}: its experiment "
+        f"{tracking.experiment!r} keeps its artifacts in {_uri_path(experiment.artifact_location)}, "
+        "and this workspace's runs would read and write there; work in the original, or start a new "
+        "store here (move mlflow.db and the artifact folder aside)"
+    )
 
 
 def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str | None = None) -> str:
@@ -154,10 +212,9 @@ def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str 
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    artifact_location = None
-    if _scheme(tracking_uri(tracking)) in LOCAL_SCHEMES:
-        artifact_location = Path(anchored(tracking.artifact_location)).resolve().as_uri()
-    return str(client.create_experiment(experiment_name, artifact_location=artifact_location))
+    artifact_location = local_artifact_root(tracking)
+    tags = {STORE_TAG: tracking_uri(tracking)} if artifact_location else None
+    return str(client.create_experiment(experiment_name, artifact_location=artifact_location, tags=tags))
 
 
 METRICS_PER_BATCH = 100  # well inside MLflow's limit of metrics per log_batch request
