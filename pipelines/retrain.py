@@ -35,7 +35,13 @@ from vaegan.artifacts.provenance import git_commit
 from vaegan.config import Config, load_config
 from vaegan.errors import ConfigError, VaeganError
 from vaegan.flows import dvc_stages, workspace_lock
-from vaegan.flows.failures import parse_overrides, run_command, validate_params, worth_retrying
+from vaegan.flows.failures import (
+    check_dvc_lock,
+    parse_overrides,
+    run_command,
+    validate_params,
+    worth_retrying,
+)
 from vaegan.flows.prefect_server import temporary_server
 from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
 from vaegan.flows.team_workspace import is_team_clone, publish_run, use_team_remote
@@ -233,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         params = parse_overrides(args.overrides)
         # The whole resolved config, before Prefect starts: a bad key or value never runs a stage.
         validate_params({**(profile_overrides(profile) if profile else {}), **params})
+        check_dvc_lock("dvc.lock")  # a lock file DVC cannot read fails every stage: say so now
         workspace_lock.check_free(".")  # a second run stops here, before Prefect starts
         with temporary_server():
             retrain(

@@ -121,3 +121,13 @@ def test_a_readable_or_missing_dvc_lock_passes(tmp_path: Path) -> None:
     check_dvc_lock(tmp_path / "dvc.lock")
     (tmp_path / "dvc.lock").write_text(GOOD_LOCK.replace("  train:", "  train:\n    deps: []"))
     check_dvc_lock(tmp_path / "dvc.lock")
+
+
+def test_retrain_refuses_a_garbage_dvc_lock_in_one_line_before_prefect_starts(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workspace / "dvc.lock").write_bytes(b"\x00\xff garbage \x00" * 50)
+    assert retrain.main(["--no-push"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("retrain: error: dvc.lock is not a DVC lock file"), err
+    assert sorted(p.name for p in workspace.iterdir()) == ["dvc.lock", "params.yaml"]  # nothing started
