@@ -438,6 +438,8 @@ def test_a_missing_repo_or_an_unwritable_report_is_one_line_before_any_work(
     tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    store = Path(mlflow_uri.removeprefix("sqlite:///"))
+    store_before = store.read_bytes()
     cases = [
         (
             ["--repo", "/nonexistent"],
@@ -454,4 +456,4 @@ def test_a_missing_repo_or_an_unwritable_report_is_one_line_before_any_work(
     assert capsys.readouterr().err.splitlines() == [
         f"vaegan reproduce: error: --report: directory {read_only} is not writable"
     ]
-    assert MlflowClient(mlflow_uri).search_registered_models() == []  # the registry was not needed
+    assert store.read_bytes() == store_before  # the registry was not even opened
