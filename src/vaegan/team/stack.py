@@ -115,6 +115,8 @@ class Stack:
             daemon = self.daemon(name)
             if daemon.clear_stale():
                 self.on_line(f"{name:<10} stale pid file {daemon.pid_file} (its process is gone): removed")
+                if name.startswith("worker-"):  # whether or not this `up` starts it again
+                    self._sweep(self.layout.workspaces(name), name)
 
     def _check_ports(self) -> None:
         """ServiceError before anything starts when a port we need is taken by another program."""
