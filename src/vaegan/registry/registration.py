@@ -398,14 +398,16 @@ def _existing_registration(
     shared_tags: Mapping[str, str],
     export_metrics: Mapping[str, Any],
 ) -> Registration | None:
-    """The registration of this model (same ONNX files, weights and evaluation), if any.
+    """The registration of this model (same ONNX files, weights, training code, data and
+    evaluation), if any.
 
     Re-running the pipeline with nothing changed must not add versions: DVC skipped every stage,
     so the registry keeps the versions it already has. Nor must a repeat elsewhere: the same params,
     data and code trained again on another worker give the same weights (the checkpoint file differs
     only in its record of the training run), so the repeat finds the first run's versions.
     """
-    same = [key for key in shared_tags if key.startswith("metric.")] + ["weights_sha256"]
+    same = [key for key in shared_tags if key.startswith("metric.")]
+    same += ["weights_sha256", "code_sha256", "data_sha256"]  # the same model from the same code and data
 
     def matches(tags: Mapping[str, str], role: str) -> bool:
         return tags.get("export_sha256") == str(export_metrics[role]["sha256"]) and all(
