@@ -31,6 +31,7 @@ import boto3
 import botocore.exceptions
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from bench.team import free_ports, read_env_file
 from vaegan.artifacts.provenance import sha256_file
@@ -78,6 +79,16 @@ def alive(pid: int) -> bool:
 
 def pids(state: Path) -> dict[str, int]:
     return {path.stem: json.loads(path.read_text())["pid"] for path in (state / "run").glob("*.pid")}
+
+
+def team_registry(team: Team, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """A client of the team's MLflow server, for tracking and registry alike (an earlier test of
+    this process may have set a process-wide registry URI), with the member's credentials."""
+    for name, value in team.env.items():
+        if name.startswith(("MLFLOW_", "AWS_")):
+            monkeypatch.setenv(name, value)
+    uri = team.env["MLFLOW_TRACKING_URI"]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @dataclass
@@ -265,7 +276,7 @@ def test_the_registry_lock_is_an_advisory_lock_that_a_killed_holder_frees(
 
 
 def test_a_retrain_runs_on_a_worker_in_its_own_clone_and_leaves_everything_on_the_servers(
-    team: Team, tmp_path: Path
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     submitted = subprocess.run(
         [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "retrain/on-demand",
@@ -278,12 +289,7 @@ def test_a_retrain_runs_on_a_worker_in_its_own_clone_and_leaves_everything_on_th
     assert flow_run_id is not None and "Completed" in submitted.stdout, submitted.stdout[-2000:]
 
     # the registered champion names the flow run that made it
-    from mlflow.tracking import MlflowClient
-
-    for name, value in team.env.items():
-        if name.startswith(("MLFLOW_", "AWS_")):
-            os.environ[name] = value
-    client = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+    client = team_registry(team, monkeypatch)
     champion = client.get_model_version_by_alias("vaegan-decoder", "champion")
     encoder = client.get_model_version_by_alias("vaegan-encoder", "champion")
     assert champion.tags["prefect.flow_run_id"] == flow_run_id.group(1)
@@ -326,20 +332,19 @@ def registered_versions(client: Any, name: str) -> list[Any]:
     return sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
 
 
-def test_many_runs_at_once_from_several_people_lose_nothing(team: Team, tmp_path: Path) -> None:
+def test_many_runs_at_once_from_several_people_lose_nothing(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """6 retrains (4 params, 2 exact repeats), 8 champion checks and 2 reproduce checks submitted at
     once through the Prefect API to 2 workers a pool, and a `vaegan promote` from a plain checkout."""
-    from mlflow.tracking import MlflowClient
-
     # main becomes the first run's branch (its params and dvc.lock, outputs on S3): what the
     # scheduled checks and the retrains start from, as after a team merges a good run
-    client = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
+    client = team_registry(team, monkeypatch)
     first = client.get_model_version_by_alias("vaegan-decoder", "champion").tags["prefect.flow_run_name"]
     remote = team.env["VAEGAN_GIT_REMOTE"].removeprefix("file://")
     subprocess.run(["git", "--git-dir", remote, "branch", "-f", "main", f"runs/{first}"], check=True)
     for pool in ("vaegan-gpu", "vaegan-cpu"):
-        added = team_command(team.state, "worker", "--pool", pool, env=team.up_env)
-        assert added.returncode == 0 and f"worker-{pool}-1 started" in added.stdout, added.stderr
+        add_worker(team, pool)
     before = len(registered_versions(client, "vaegan-decoder"))
     seeds = [1, 2, 3, 4, 1, 2]  # the last two repeat the first two exactly
     spec = [
@@ -460,13 +465,22 @@ def run_deployment_now(team: Team, *params: str) -> str:
     return found.group(1)
 
 
+def add_worker(team: Team, pool: str) -> None:
+    """A second worker for `pool` (`make worker POOL=...`), unless an earlier test added it."""
+    if f"worker-{pool}-1" in pids(team.state):
+        return
+    added = team_command(team.state, "worker", "--pool", pool, env=team.up_env)
+    assert added.returncode == 0 and f"worker-{pool}-1 started" in added.stdout, added.stderr
+
+
 def test_a_worker_killed_during_training_crashes_its_run_and_another_worker_takes_the_next(
     team: Team,
 ) -> None:
+    add_worker(team, "vaegan-gpu")
     params = ["--param", "profile=smoke", "--param", 'params={"train.seed": 11, "train.epochs": 4}']
     flow_run_id = run_deployment_now(team, *params)
     workers = {pid: name for name, pid in pids(team.state).items() if name.startswith("worker-vaegan-gpu")}
-    assert len(workers) == 2  # the load test added the second one
+    assert len(workers) == 2
     deadline, victim = time.monotonic() + 900, None
     while victim is None and time.monotonic() < deadline:
         for pid in processes_with(b"train\x00", "cmdline"):  # `vaegan train`, the stage
@@ -495,7 +509,9 @@ def test_a_worker_killed_during_training_crashes_its_run_and_another_worker_take
     assert list(team.state.joinpath("workspaces", workers[victim]).iterdir()) == []  # caches too
 
 
-def test_down_stops_everything_and_keeps_the_data(team: Team) -> None:
+def test_down_stops_everything_and_keeps_the_data(team: Team, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = team_registry(team, monkeypatch)
+    registered = registered_versions(client, "vaegan-decoder")
     before = pids(team.state)
     stopped = team_command(team.state, "down")
     assert stopped.returncode == 0, stopped.stderr
@@ -508,7 +524,9 @@ def test_down_stops_everything_and_keeps_the_data(team: Team) -> None:
     again = team_command(team.state, "up", env=team.up_env)
     assert again.returncode == 0, again.stderr
     assert "initialising" not in again.stdout and "created database" not in again.stdout
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(team.env["MLFLOW_TRACKING_URI"])
-    assert client.get_model_version_by_alias("vaegan-decoder", "champion").version == "1"
+    # the same versions with the same tags, read back from the restarted servers
+    def records(versions: list[Any]) -> list[tuple[str, dict[str, str], list[str]]]:
+        return [(v.version, v.tags, v.aliases) for v in versions]
+
+    assert records(registered_versions(client, "vaegan-decoder")) == records(registered)
