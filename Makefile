@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run repro check-champion reproduce test test-slow test-all lint format bench serve ui lock clean \
-	serve-team team-down team-status worker
+	serve-team team-down team-restart team-status worker
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ serve-team: setup ## start the team stack in .team/ (PostgreSQL, S3, MLflow, Pre
 
 team-down: setup ## stop the team stack's workers and servers (the data stays in .team/)
 	$(BIN)/python -m vaegan.team down
+
+team-restart: setup ## restart one server of the team stack in place (SERVER=postgres|s3|mlflow|prefect)
+	$(BIN)/python -m vaegan.team restart $(SERVER)
 
 team-status: setup ## each server and worker of the team stack: up, stopped or not answering
 	$(BIN)/python -m vaegan.team status

@@ -14,21 +14,26 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 from prefect import get_client
 from prefect.deployments import run_deployment
+from prefect.exceptions import PrefectHTTPStatusError
 
 
 def main() -> int:
     spec = json.loads(Path(sys.argv[1]).read_text())
     deadline = time.monotonic() + float(sys.argv[2])
     runs = [run_deployment(item["deployment"], parameters=item["parameters"], timeout=0) for item in spec]
+    current = runs
     with get_client(sync_client=True) as client:
-        while True:
-            current = [client.read_flow_run(run.id) for run in runs]
-            if all(run.state is not None and run.state.is_final() for run in current):
-                break
-            if time.monotonic() > deadline:
-                break
+        while time.monotonic() < deadline:
+            try:
+                current = [client.read_flow_run(run.id) for run in runs]
+            except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # e.g. the server restarts
+                print(f"waiting for the Prefect server: {exc}", file=sys.stderr)
+            else:
+                if all(run.state is not None and run.state.is_final() for run in current):
+                    break
             time.sleep(5)
     report = [
         {

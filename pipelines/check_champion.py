@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from pipelines.flow_run import label_flow_run
 from vaegan import check_champion as champion
-from vaegan.config import Config, load_config
+from vaegan.config import Config, check_seed, load_config
 from vaegan.flows import dvc_stages
 from vaegan.flows.failures import run_command, worth_retrying
 from vaegan.flows.prefect_server import temporary_server
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         load_config(args.params)  # a bad params file is one line and exit 2, before Prefect starts
+        if args.seed is not None:
+            check_seed(args.seed)
         with temporary_server():
             check_champion(seed=args.seed, params_path=args.params, device=args.device, remote=args.remote)
         return 0

@@ -57,6 +57,14 @@ def test_check_champion_refuses_a_bad_params_file_in_one_line(
     assert len(err) == 1 and err[0].startswith("check-champion: error: params file bad.yaml"), err
 
 
+def test_check_champion_refuses_a_negative_seed_in_one_line(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_champion.main(["--seed", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["check-champion: error: --seed: -1 is negative; a seed is an integer >= 0"]
+
+
 def test_overrides_parse_like_the_cli() -> None:
     assert parse_overrides(["train.lr=0.001", "data.mirrors=[]", "model.latent_dim=null"]) == {
         "train.lr": 0.001,

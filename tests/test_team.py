@@ -31,6 +31,7 @@ import boto3
 import botocore.exceptions
 import pytest
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bench.team import free_ports, read_env_file
@@ -507,6 +508,102 @@ def test_a_worker_killed_during_training_crashes_its_run_and_another_worker_take
     assert restarted.returncode == 0, restarted.stderr
     assert f"{workers[victim]} removed" in restarted.stdout  # its dead run's clone, swept
     assert list(team.state.joinpath("workspaces", workers[victim]).iterdir()) == []  # caches too
+
+
+def registry_snapshot(client: MlflowClient) -> dict[str, dict[str, Any]]:
+    """Every registered version of both models: its tags, its run's metrics and artifact files."""
+    snapshot = {}
+    for name in ("vaegan-decoder", "vaegan-encoder"):
+        for version in registered_versions(client, name):
+            run = client.get_run(version.run_id)
+            snapshot[f"{name} v{version.version}"] = {
+                "tags": version.tags,
+                "metrics": run.data.metrics,
+                "artifacts": sorted(artifact_files(client, version.run_id)),
+            }
+    return snapshot
+
+
+def artifact_files(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    files = []
+    for item in client.list_artifacts(run_id, path):
+        files.extend(artifact_files(client, run_id, item.path) if item.is_dir else [item.path])
+    return files
+
+
+def champion_pairs_whole(client: MlflowClient) -> bool:
+    """Both aliases name one pair on both models (or neither model has the alias)."""
+    for alias in ("champion", "challenger"):
+        pair_ids = set()
+        for name in ("vaegan-decoder", "vaegan-encoder"):
+            try:
+                pair_ids.add(client.get_model_version_by_alias(name, alias).tags["pair_id"])
+            except MlflowException:
+                pair_ids.add(None)
+        if len(pair_ids) != 1:
+            return False
+    return True
+
+
+def test_restarts_of_postgres_s3_and_prefect_under_load_lose_nothing(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pg_ctl restart -m fast`, then the S3 server, then the Prefect server, each while retrains
+    train and champion checks queue: no version, tag, metric or artifact lost, no half-moved pair,
+    the runs end Completed or Failed with a reason (never Crashed), a run submitted after runs."""
+    for pool in ("vaegan-gpu", "vaegan-cpu"):
+        add_worker(team, pool)
+    client = team_registry(team, monkeypatch)
+    before = registry_snapshot(client)
+    champion = client.get_model_version_by_alias("vaegan-decoder", "champion")
+    kept_file = artifact_files(client, champion.run_id)[0]
+    kept_bytes = Path(client.download_artifacts(champion.run_id, kept_file, str(tmp_path))).read_bytes()
+    spec = [
+        *({"deployment": "retrain/on-demand", "parameters": {"profile": "smoke", "params": {"train.seed": s}}}
+          for s in (41, 42)),
+        *({"deployment": "check-champion/daily", "parameters": {"seed": s}} for s in range(4)),
+    ]  # fmt: skip
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    load = subprocess.Popen(
+        [sys.executable, "-m", "bench.flow_runs", str(tmp_path / "spec.json"), "1800"],
+        cwd=REPO_ROOT, env=team.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 900
+    while not processes_with(b"train\x00", "cmdline"):  # a retrain is in its train stage
+        assert time.monotonic() < deadline and load.poll() is None, "no retrain reached its train stage"
+        time.sleep(1)
+    for server in ("postgres", "s3", "prefect"):
+        restarted = team_command(team.state, "restart", server, env=team.up_env)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "restarted" in restarted.stdout or "started" in restarted.stdout, restarted.stdout
+        time.sleep(20)
+    after_restarts = run_deployment_now(
+        team, "--param", "profile=smoke", "--param", 'params={"train.seed": 43}'
+    )
+    out, err = load.communicate(timeout=2000)
+    assert load.returncode == 0, err[-3000:]
+    runs = json.loads(out)
+    for item, run in zip(spec, runs, strict=True):
+        assert run["state"] == "COMPLETED" or (run["state"] == "FAILED" and run["message"]), (item, run)
+    deadline = time.monotonic() + 900
+    while flow_run_state(team, after_restarts) not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, flow_run_state(team, after_restarts)
+        time.sleep(5)
+    assert flow_run_state(team, after_restarts) == "COMPLETED"
+
+    after = registry_snapshot(client)
+    for key, record in before.items():  # tags may have been added (a promotion), none lost or changed
+        assert record["tags"].items() <= after[key]["tags"].items(), key
+        assert (after[key]["metrics"], after[key]["artifacts"]) == (record["metrics"], record["artifacts"]), (
+            key
+        )
+    kept_again = Path(client.download_artifacts(champion.run_id, kept_file, str(tmp_path / "again")))
+    assert kept_again.read_bytes() == kept_bytes
+    made = {run["id"] for run, item in zip(runs, spec, strict=True) if "retrain" in item["deployment"]}
+    made = {flow_run for flow_run in made | {after_restarts} if flow_run_state(team, flow_run) == "COMPLETED"}
+    registered = {record["tags"].get("prefect.flow_run_id") for record in after.values()}
+    assert made <= registered  # every completed retrain's registration is there
+    assert champion_pairs_whole(client)
 
 
 def test_down_stops_everything_and_keeps_the_data(team: Team, monkeypatch: pytest.MonkeyPatch) -> None:

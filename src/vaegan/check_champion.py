@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from vaegan.artifacts.onnx_runtime import active_provider
 from vaegan.artifacts.provenance import sha256_file
+from vaegan.config import check_seed
 from vaegan.data.splits import data_sha256
 from vaegan.errors import CheckpointError, VaeganError
 from vaegan.registry.verified import champion_pair
@@ -108,6 +109,7 @@ def check_champion(*, config: Config, seed: int, device: str = "auto") -> Champi
     `evaluate` stage scores (`load_scoring`: same evaluator, feature extractor, splits, settings and
     torch device), with `seed` for the prior samples; compare with the FID recorded at promotion.
     `device` (auto, cpu, cuda) is ONNX Runtime's."""
+    check_seed(seed)  # before any download
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vaegan-check-champion-") as download_dir:
         decoder, encoder = champion_pair(config=config, dst_dir=download_dir)

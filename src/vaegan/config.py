@@ -206,6 +206,12 @@ class Config:
         }
 
 
+def check_seed(seed: int) -> None:
+    """ConfigError unless `seed` (a `--seed` of sampling) can seed numpy's generator: an integer >= 0."""
+    if seed < 0:
+        raise ConfigError(f"--seed: {seed} is negative; a seed is an integer >= 0")
+
+
 def _plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {key: _plain(value) for key, value in obj.items()}

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from vaegan.artifacts import onnx_runtime
 from vaegan.artifacts.atomic_io import atomic_path, output_file_problem
 from vaegan.artifacts.images import image_grid, to_uint8, write_png
-from vaegan.config import Config
+from vaegan.config import Config, check_seed
 from vaegan.errors import CheckpointError, ConfigError
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -70,12 +70,6 @@ def check_output(out: str, n: int) -> Path:
     if problem is not None:
         raise ConfigError(f"--out: {problem}")
     return path
-
-
-def check_seed(seed: int) -> None:
-    """ConfigError unless `seed` can seed numpy's generator (an integer >= 0)."""
-    if seed < 0:
-        raise ConfigError(f"--seed: {seed} is negative; a seed is an integer >= 0")
 
 
 def write_npy(path: Path, batches: Iterator[np.ndarray], n: int) -> None:

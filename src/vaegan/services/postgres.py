@@ -101,22 +101,23 @@ class Cluster:
 
     def start(self) -> None:
         """`pg_ctl start` on 127.0.0.1 (or the given host) and the port; waits until it accepts."""
-        options = f"-c listen_addresses={self.host} -p {self.port} -c unix_socket_directories=''"
-        self._run(
-            "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file),
-            "-o", options, "-w", "-t", str(START_TIMEOUT_S),
-        )  # fmt: skip
+        self._run("pg_ctl", "start", *self._start_args())
 
     def stop(self, mode: str = "fast") -> None:
         if self.running():
             self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", mode, "-w")
 
     def restart(self, mode: str = "fast") -> None:
+        """`pg_ctl restart -m mode` (fast: open transactions roll back, sessions are cut); waits until
+        it accepts again."""
+        self._run("pg_ctl", "restart", "-m", mode, *self._start_args())
+
+    def _start_args(self) -> list[str]:
         options = f"-c listen_addresses={self.host} -p {self.port} -c unix_socket_directories=''"
-        self._run(
-            "pg_ctl", "restart", "-D", str(self.data_dir), "-m", mode, "-l", str(self.log_file),
+        return [
+            "-D", str(self.data_dir), "-l", str(self.log_file),
             "-o", options, "-w", "-t", str(START_TIMEOUT_S),
-        )  # fmt: skip
+        ]  # fmt: skip
 
     def pid(self) -> int | None:
         """The postmaster's pid when it runs (its postmaster.pid names a live process), else None."""

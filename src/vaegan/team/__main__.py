@@ -4,6 +4,7 @@
     python -m vaegan.team up                    # PostgreSQL, S3, MLflow, Prefect, one worker per pool
     python -m vaegan.team status
     python -m vaegan.team worker --pool vaegan-gpu   # one more worker (on this machine)
+    python -m vaegan.team restart postgres     # one server (postgres, s3, mlflow, prefect) in place
     python -m vaegan.team down                  # stop everything; the data stays in .team/
     python -m vaegan.team connect               # in a member's checkout: DVC uses the team remote
 
@@ -26,7 +27,7 @@ from vaegan.errors import VaeganError
 from vaegan.flows.failures import run_command
 from vaegan.flows.team_workspace import REMOTE_URL_VARIABLE, use_team_remote
 from vaegan.team.layout import DEFAULT_ROOT, Ports, TeamLayout
-from vaegan.team.stack import POOLS, Stack
+from vaegan.team.stack import POOLS, SERVERS, Stack
 
 DEFAULTS = Ports()
 
@@ -52,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
         help="checkout whose prefect.yaml is deployed and whose HEAD seeds the git remote",
     )
     commands.add_parser("down", help="stop workers and servers; the data stays")
+    restart = commands.add_parser(
+        "restart", help="restart one server in place (PostgreSQL: pg_ctl restart -m fast); clients reconnect"
+    )
+    restart.add_argument("server", choices=("postgres", *SERVERS))
     commands.add_parser("status", help="each server and worker: up, stopped or not answering")
     commands.add_parser(
         "connect",
@@ -95,6 +100,14 @@ def down(args: argparse.Namespace) -> int:
     return 0
 
 
+def restart(args: argparse.Namespace) -> int:
+    layout = TeamLayout.at(args.dir)
+    if layout.read_ports() is None:
+        raise VaeganError(f"no team stack in {layout.root}: start it first (make serve-team)")
+    Stack.open(layout).restart(args.server)
+    return 0
+
+
 def status(args: argparse.Namespace) -> int:
     layout = TeamLayout.at(args.dir)
     if layout.read_ports() is None:
@@ -123,7 +136,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "up": up, "down": down, "status": status, "connect": connect, "worker": worker,
+    "up": up, "down": down, "restart": restart, "status": status, "connect": connect, "worker": worker,
 }  # fmt: skip
 
 

@@ -96,9 +96,8 @@ class Stack:
         self.layout.write_ports(self.ports)
         try:
             self._start_postgres()
-            self._start_server("s3", self._s3_argv(), {**os.environ, "RCLONE_CONFIG": os.devnull})
-            self._start_server("mlflow", self._mlflow_argv(), self._mlflow_env())
-            self._start_server("prefect", self._prefect_argv(), self._prefect_env())
+            for name in SERVERS:
+                self._start_server(name)
             self._configure_prefect()
             self._deploy(repo or Path.cwd())
             for pool in POOLS:
@@ -144,12 +143,27 @@ class Stack:
                 self.on_line(f"postgres   created database {database}")
         cluster.ensure_role(env.LOCK_ROLE, self.credentials.lock_password, env.LOCK_DATABASE)
 
-    def _start_server(self, name: str, argv: list[str], environment: dict[str, str]) -> None:
+    def restart(self, name: str) -> None:
+        """Restart one server in place (PostgreSQL with `pg_ctl restart -m fast`), e.g. after an
+        upgrade; the clients reconnect (MLflow's and Prefect's database pools ping before use)."""
+        if name == "postgres":
+            if not self.cluster.running():
+                raise ServiceError("postgres is not running: start the stack (make serve-team)")
+            self.cluster.restart("fast")
+            self.on_line(f"postgres   restarted on {self.ports.host}:{self.ports.postgres}")
+            return
+        if not self.daemon(name).stop():
+            raise ServiceError(f"{name} is not running: start the stack (make serve-team)")
+        self.on_line(f"{name:<10} stopped")
+        self._start_server(name)
+
+    def _start_server(self, name: str) -> None:
         daemon = self.daemon(name)
         pid = daemon.pid()
         if pid is not None:
             self.on_line(f"{name:<10} running (pid {pid})")
             return
+        argv, environment = self._launch(name)
         process = daemon.start(argv, env=environment, cwd=self.layout.root)
         self.started.append(name)
         wait_until(
@@ -160,6 +174,14 @@ class Stack:
             what=f"the {name} server",
         )
         self.on_line(f"{name:<10} started on {self.urls()[name]} (pid {process.pid}, log {daemon.log_file})")
+
+    def _launch(self, name: str) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment of server `name`."""
+        if name == "s3":
+            return self._s3_argv(), {**os.environ, "RCLONE_CONFIG": os.devnull}
+        if name == "mlflow":
+            return self._mlflow_argv(), self._mlflow_env()
+        return self._prefect_argv(), self._prefect_env()
 
     def _s3_argv(self) -> list[str]:
         for bucket in (env.DVC_BUCKET, env.MLFLOW_BUCKET):
