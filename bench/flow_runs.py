@@ -4,7 +4,8 @@ tests/test_team.py).
     python -m bench.flow_runs SPEC.json TIMEOUT_S     # with the team env file's variables set
 
 SPEC is a JSON list of {"deployment": "flow/deployment", "parameters": {...}}. Prints a JSON list, one
-object per run in SPEC's order: id, name, state (type name), message, submit-to-start seconds.
+object per run in SPEC's order: id, name, state (type name), message, submit-to-start seconds, run
+seconds (Prefect's total run time).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> int:
             "start_latency_s": (run.start_time - run.created).total_seconds()
             if run.start_time and run.created
             else None,
+            "run_seconds": run.total_run_time.total_seconds(),
         }
         for run in current
     ]

@@ -143,6 +143,7 @@ def throughput(runs: int, state: Path, env: dict[str, str]) -> dict[str, Any]:
         "runs_per_minute": runs / seconds * 60,
         "start_latency_p50_s": statistics.median(latencies),
         "start_latency_p95_s": percentile(latencies, 0.95),
+        "check_run_median_s": statistics.median(run["run_seconds"] for run in report),
         "peak_rss_mib": memory.peak,
     }
 
@@ -181,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         results["one_worker"] = throughput(args.runs, state, env)
         team(state, "worker", "--pool", "vaegan-cpu", env=up_env)
         results["two_workers"] = throughput(args.runs, state, env)
-        results["check_on_worker_s"] = results["two_workers"]["seconds"] / max(1, args.runs // 2)
         results["check_in_place_s"] = check_in_place(root, env)
     finally:
         subprocess.run(
@@ -236,7 +236,11 @@ def print_table(results: dict[str, Any]) -> None:
             ),
             (f"stack memory under load, {label}", f"{row['peak_rss_mib']:.0f} MiB"),
         ]
-    rows.append(("champion check in place (checkout, team servers)", f"{results['check_in_place_s']:.1f} s"))
+    on_worker = results["one_worker"]["check_run_median_s"]
+    rows += [
+        ("champion check on a worker (median run time)", f"{on_worker:.1f} s"),
+        ("champion check in place (checkout, team servers)", f"{results['check_in_place_s']:.1f} s"),
+    ]
     print(f"| measure ({results['machine']}) | value |\n| --- | ---: |")
     for name, value in rows:
         print(f"| {name} | {value} |")
