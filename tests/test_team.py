@@ -297,7 +297,11 @@ def test_a_retrain_runs_on_a_worker_in_its_own_clone_and_leaves_everything_on_th
     assert champion.tags["pair_id"] == encoder.tags["pair_id"]
     run_name = champion.tags["prefect.flow_run_name"]
 
-    # nothing of the run is left on the worker: its clone was a temporary folder, removed
+    # nothing of the run is left on the worker: its clone was a temporary folder, removed (by the
+    # worker once the flow's process has exited, which can be a moment after the state is final)
+    deadline = time.monotonic() + 60
+    while list((team.state / "workspaces").glob("*/tmp*prefect")) and time.monotonic() < deadline:
+        time.sleep(1)
     assert list((team.state / "workspaces").glob("*/tmp*prefect")) == []  # (caches such as .ses stay)
     # its params.yaml, dvc.lock and metrics are the branch runs/<flow run> of the team's remote
     clone = tmp_path / "member"
