@@ -41,7 +41,7 @@ test: setup ## run the fast test suite (the tests not marked slow)
 	$(BIN)/pytest -m "not slow" -q
 
 test-slow: setup ## run only the slow tests (end to end: flows, DVC, bench, DDP, resume)
-	$(BIN)/pytest -m slow -q
+	$(BIN)/pytest -m slow -q --durations=20
 
 test-all: setup ## run every test, slow ones included
 	$(BIN)/pytest -q
