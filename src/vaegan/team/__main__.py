@@ -100,11 +100,16 @@ def down(args: argparse.Namespace) -> int:
     return 0
 
 
-def restart(args: argparse.Namespace) -> int:
-    layout = TeamLayout.at(args.dir)
+def running_stack(folder: str) -> Stack:
+    """The stack set up in `folder`; VaeganError when there is none."""
+    layout = TeamLayout.at(folder)
     if layout.read_ports() is None:
         raise VaeganError(f"no team stack in {layout.root}: start it first (make serve-team)")
-    Stack.open(layout).restart(args.server)
+    return Stack.open(layout)
+
+
+def restart(args: argparse.Namespace) -> int:
+    running_stack(args.dir).restart(args.server)
     return 0
 
 
@@ -128,10 +133,7 @@ def connect(_args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    layout = TeamLayout.at(args.dir)
-    if layout.read_ports() is None:
-        raise VaeganError(f"no team stack in {layout.root}: start it first (make serve-team)")
-    Stack.open(layout).start_worker(args.pool)
+    running_stack(args.dir).start_worker(args.pool)
     return 0
 
 
