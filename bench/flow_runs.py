@@ -5,7 +5,7 @@ tests/test_team.py).
 
 SPEC is a JSON list of {"deployment": "flow/deployment", "parameters": {...}}. Prints a JSON list, one
 object per run in SPEC's order: id, name, state (type name), message, submit-to-start seconds, run
-seconds (Prefect's total run time).
+seconds (Prefect's total run time), and for a run that did not complete the last lines of its log.
 """
 
 from __future__ import annotations
@@ -17,8 +17,26 @@ from pathlib import Path
 
 import httpx
 from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
 from prefect.exceptions import PrefectHTTPStatusError
+
+LOG_TAIL = 20
+
+
+def log_tail(client: SyncPrefectClient, run: FlowRun) -> list[str]:
+    """The last `LOG_TAIL` log messages of a run that did not complete (none for one that did)."""
+    if run.state is not None and run.state.type == StateType.COMPLETED:
+        return []
+    logs = client.read_logs(
+        LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+        limit=LOG_TAIL,
+        sort=LogSort.TIMESTAMP_DESC,
+    )
+    return [f"{log.timestamp:%H:%M:%S} {log.message}" for log in reversed(logs)]
 
 
 def main() -> int:
@@ -36,6 +54,7 @@ def main() -> int:
                 if all(run.state is not None and run.state.is_final() for run in current):
                     break
             time.sleep(5)
+        tails = [log_tail(client, run) for run in current]
     report = [
         {
             "id": str(run.id),
@@ -47,8 +66,9 @@ def main() -> int:
             if run.start_time and run.created
             else None,
             "run_seconds": run.total_run_time.total_seconds(),
+            "log_tail": tail,
         }
-        for run in current
+        for run, tail in zip(current, tails, strict=True)
     ]
     print(json.dumps(report))
     return 0

@@ -398,6 +398,11 @@ def flow_runs_report(load: subprocess.Popen[str]) -> list[dict[str, Any]]:
     return list(json.loads(out))
 
 
+def story(item: dict[str, Any], run: dict[str, Any]) -> str:
+    """A failed run for an assertion message: what was asked, how it ended, the end of its log."""
+    return "\n".join([f"{item} -> {run['name']} {run['state_name']}: {run['message']}", *run["log_tail"]])
+
+
 @pytest.mark.timeout(2700)
 def test_many_runs_at_once_from_several_people_and_server_restarts_lose_nothing(
     team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -447,7 +452,7 @@ def test_many_runs_at_once_from_several_people_and_server_restarts_lose_nothing(
             time.sleep(20)
         runs = flow_runs_report(load)
     for item, run in zip(spec, runs, strict=True):
-        assert run["state"] == "COMPLETED" or (run["state"] == "FAILED" and run["message"]), (item, run)
+        assert run["state"] == "COMPLETED" or (run["state"] == "FAILED" and run["message"]), story(item, run)
     retrains = runs[: len(seeds)]
     assert all(run["state"] == "COMPLETED" for run in retrains), retrains
 
