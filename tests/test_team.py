@@ -449,6 +449,9 @@ def test_many_runs_at_once_from_several_people_and_server_restarts_lose_nothing(
             restarted = team_command(team.state, "restart", server, env=team.up_env)
             assert restarted.returncode == 0, restarted.stdout + restarted.stderr
             assert f"{server:<10} restarted" in restarted.stdout or "started on" in restarted.stdout
+            if server == "prefect":  # no run starts while the server is away
+                assert "paused work pools vaegan-cpu, vaegan-gpu" in restarted.stdout, restarted.stdout
+                assert "resumed work pools vaegan-cpu, vaegan-gpu" in restarted.stdout, restarted.stdout
             time.sleep(20)
         runs = flow_runs_report(load)
     for item, run in zip(spec, runs, strict=True):

@@ -26,6 +26,9 @@ S3_CHECKSUMS = {
 }
 # flow runs report every 30 s; the zombie automation crashes a run silent for ZOMBIE_AFTER_S
 HEARTBEAT_S = 30
+# Prefect clients retry for ~4 min (not the default ~1 min) while a server restarts under load, and
+# retry the 500s its API answers while PostgreSQL restarts (the request did not commit)
+PREFECT_RETRIES = {"PREFECT_CLIENT_MAX_RETRIES": "7", "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
@@ -75,6 +78,7 @@ def member_environment(layout: TeamLayout, ports: Ports, credentials: Credential
         "VAEGAN_REGISTRY_LOCK_URL": lock_url(ports, credentials),
         "VAEGAN_GIT_REMOTE": layout.git_remote.as_uri(),
         **s3_environment(ports, credentials),
+        **PREFECT_RETRIES,
         **TELEMETRY_OFF,
     }
 

@@ -145,17 +145,24 @@ class Stack:
 
     def restart(self, name: str) -> None:
         """Restart one server in place (PostgreSQL with `pg_ctl restart -m fast`), e.g. after an
-        upgrade; the clients reconnect (MLflow's and Prefect's database pools ping before use)."""
+        upgrade; the clients reconnect (MLflow's and Prefect's database pools ping before use, their
+        clients retry). Prefect's work pools are paused while its server is away."""
         if name == "postgres":
             if not self.cluster.running():
                 raise ServiceError("postgres is not running: start the stack (make serve-team)")
             self.cluster.restart("fast")
             self.on_line(f"postgres   restarted on {self.ports.host}:{self.ports.postgres}")
             return
-        if not self.daemon(name).stop():
+        if self.daemon(name).pid() is None:
             raise ServiceError(f"{name} is not running: start the stack (make serve-team)")
-        self.on_line(f"{name:<10} stopped")
-        self._start_server(name)
+        paused = self._pause_pools() if name == "prefect" else []
+        try:
+            self.daemon(name).stop()
+            self.on_line(f"{name:<10} stopped")
+            self._start_server(name)
+        finally:
+            if paused:
+                self._resume_pools(paused)
 
     def _start_server(self, name: str) -> None:
         daemon = self.daemon(name)
@@ -248,9 +255,23 @@ class Stack:
     def _configure_prefect(self) -> None:
         """Work pools and the zombie-run automation, through Prefect's own client (a subprocess with
         the member environment: Prefect reads its settings when it is first imported)."""
-        output = self._as_member([sys.executable, "-m", "vaegan.team.prefect_setup", *POOLS], Path.cwd())
-        for line in output.splitlines():
+        for line in self._prefect_setup("setup", *POOLS).splitlines():
             self.on_line(f"prefect    {line}")
+
+    def _pause_pools(self) -> list[str]:
+        """Pause the work pools before the Prefect server restarts, so that no run starts into the
+        gap (prefect_setup says why); the pools paused."""
+        paused = self._prefect_setup("pause", *POOLS).split()
+        if paused:
+            self.on_line(f"prefect    paused work pools {', '.join(paused)}; no flow run is starting")
+        return paused
+
+    def _resume_pools(self, pools: list[str]) -> None:
+        self._prefect_setup("resume", *pools)
+        self.on_line(f"prefect    resumed work pools {', '.join(pools)}")
+
+    def _prefect_setup(self, *args: str) -> str:
+        return self._as_member([sys.executable, "-m", "vaegan.team.prefect_setup", *args], Path.cwd())
 
     def _deploy(self, repo: Path) -> None:
         """Seed the team's git remote with this checkout's HEAD (when it has no `main` yet) and
