@@ -18,7 +18,10 @@ Zombie runs: a worker killed with its flow run leaves the run `Running` for ever
 Flow runs started by a worker send a heartbeat event every `HEARTBEAT_S` seconds
 (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set for the workers); the automation below, the one Prefect
 documents for self-hosted servers, marks a run `Crashed` when no heartbeat and no final state came
-for `ZOMBIE_AFTER_S` seconds after its last heartbeat.
+for `ZOMBIE_AFTER_S` seconds after its last heartbeat. Heartbeats sent while the Prefect server or
+its database restarts are lost, so the window is five heartbeats (a restart under load measured
+well under the two minutes that leaves); and the state change is not forced, so a run that has
+ended (its final event delayed by the restart) keeps its state.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from prefect.exceptions import ObjectNotFound
 from vaegan.team.environment import HEARTBEAT_S
 
 ZOMBIE_AUTOMATION = "vaegan: crash zombie flow runs"
-ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
+ZOMBIE_AFTER_S = 5 * HEARTBEAT_S
 FINAL_OR_ALIVE = (
     "prefect.flow-run.heartbeat",
     "prefect.flow-run.Completed",
@@ -91,20 +94,27 @@ def zombie_automation() -> Automation:
                 name="Crashed",
                 state=StateType.CRASHED,
                 message=f"no heartbeat for {ZOMBIE_AFTER_S} s: its worker or machine died",
-                force=True,
+                force=False,  # a run that has ended keeps its state
             )
         ],
     )
 
 
-async def ensure_zombie_automation() -> bool:
-    """Create the zombie automation unless one of its name exists; True when created."""
+async def ensure_zombie_automation() -> str:
+    """Create the zombie automation, or bring one of its name up to this definition; what was done
+    ("created", "updated" or "" when it was current)."""
+    wanted = zombie_automation()
     try:
-        await Automation.aread(name=ZOMBIE_AUTOMATION)
-        return False
+        current = await Automation.aread(name=ZOMBIE_AUTOMATION)
     except ValueError:
-        await zombie_automation().acreate()
-        return True
+        await wanted.acreate()
+        return "created"
+    fields = {"description", "trigger", "actions", "enabled"}
+    if current.model_dump(include=fields) == wanted.model_dump(include=fields):
+        return ""
+    wanted.id = current.id
+    await wanted.aupdate()
+    return "updated"
 
 
 def pause_pools(names: list[str]) -> list[str]:
@@ -151,8 +161,9 @@ def wait_for_starting_runs(names: list[str], timeout_s: float = STARTING_TIMEOUT
 def setup(pools: list[str]) -> None:
     for name in ensure_work_pools(pools):
         print(f"created work pool {name} (process)")
-    if asyncio.run(ensure_zombie_automation()):
-        print(f"created automation {ZOMBIE_AUTOMATION!r} (Crashed after {ZOMBIE_AFTER_S} s silent)")
+    done = asyncio.run(ensure_zombie_automation())
+    if done:
+        print(f"{done} automation {ZOMBIE_AUTOMATION!r} (Crashed after {ZOMBIE_AFTER_S} s silent)")
 
 
 def pause(pools: list[str]) -> None:

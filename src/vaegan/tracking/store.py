@@ -207,14 +207,21 @@ def check_store_origin(client: MlflowClient, tracking: TrackingConfig, uri: str)
 
 
 def ensure_experiment(client: MlflowClient, tracking: TrackingConfig, name: str | None = None) -> str:
-    """The id of experiment `name` (default `tracking.experiment`), created when missing."""
+    """The id of experiment `name` (default `tracking.experiment`), created when missing (by this
+    process or, on a shared server, by another that created it at the same moment)."""
     experiment_name = name or tracking.experiment
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return str(experiment.experiment_id)
     artifact_location = local_artifact_root(tracking)
     tags = {STORE_TAG: tracking_uri(tracking)} if artifact_location else None
-    return str(client.create_experiment(experiment_name, artifact_location=artifact_location, tags=tags))
+    try:
+        return str(client.create_experiment(experiment_name, artifact_location=artifact_location, tags=tags))
+    except MlflowException as exc:
+        created = client.get_experiment_by_name(experiment_name)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or created is None:
+            raise
+        return str(created.experiment_id)
 
 
 METRICS_PER_BATCH = 100  # well inside MLflow's limit of metrics per log_batch request
