@@ -35,10 +35,10 @@ from torch import nn
 
 from vaegan.artifacts import onnx_runtime
 from vaegan.artifacts.atomic_io import atomic_directory, atomic_path, write_json
-from vaegan.artifacts.checkpoint import load_model
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.config import Config
 from vaegan.errors import ConfigError, VaeganError, first_line
+from vaegan.nn.checkpoint_payload import load_model
 from vaegan.nn.networks import IMAGE_SHAPE, VAEGAN
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
 """What a flow does in team mode (the variables of `.team/env` are set): use the team's DVC remote
-(`vaegan.dvc_commands.use_team_remote`), and, in a per-run clone of the team's git remote, publish what the run produced as a branch.
+(`vaegan.dvc_commands.use_team_remote`), and, in a per-run clone of the team's git remote, publish
+what the run produced as a branch.
 
 A worker runs each flow run in a fresh clone of the team's git remote (prefect.yaml's pull steps),
 inside a temporary folder that the worker deletes afterwards. Nothing of the run may live only
