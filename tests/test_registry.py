@@ -33,9 +33,9 @@ from vaegan.artifacts.provenance import sha256_file
 from vaegan.cli import main
 from vaegan.config import Config
 from vaegan.errors import RegistryError
-from vaegan.export import export_decoder_onnx, export_encoder_onnx
 from vaegan.nn.checkpoint_payload import model_payload
 from vaegan.nn.networks import build_model, model_args_for
+from vaegan.nn.onnx_graphs import export_decoder_onnx, export_encoder_onnx
 from vaegan.registry.client import CHALLENGER, CHAMPION
 from vaegan.registry.lock import lock_path_for, registry_lock
 from vaegan.registry.promotion import promote_challenger
