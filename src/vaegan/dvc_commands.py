@@ -3,6 +3,7 @@
 The command line is DVC's stable interface (treeverse/dvc#3278); one DVC command runs at a time in
 a workspace (DVC takes a lock). Params overrides are written into params.yaml before any stage
 runs, the way `dvc exp run -S` does in the workspace, so params.yaml and dvc.lock always agree.
+In team mode (`.team/env` sourced), `use_team_remote` makes the team's S3 remote the default.
 """
 
 from __future__ import annotations
