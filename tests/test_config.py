@@ -192,5 +192,6 @@ def test_a_new_param_follows_its_field_metadata() -> None:
         frozen=True,
     )
     assert resume_ignored(extended_train) == HAND_KEPT_RESUME_IGNORED | {"new_log_dir"}
-    assert output_params(extended_config) == (*output_params(), "train.new_log_dir")
+    extended_outputs = output_params(extended_config)
+    assert set(extended_outputs) == {*output_params(), "train.new_log_dir"} and len(extended_outputs) == 14
     assert extended_config().train.new_weight == 0.5
