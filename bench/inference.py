@@ -1,7 +1,7 @@
 """Inference: ONNX Runtime against PyTorch eager for the decoder (z -> images in [0, 1]) and the
 encoder (images -> mu, logvar), at batch 1 (latency) and 256 (throughput).
 
-The ONNX files come from the project's own exporter (`vaegan.export.export_decoder_onnx` /
+The ONNX files come from the project's own exporter (`vaegan.nn.onnx_graphs.export_decoder_onnx` /
 `export_encoder_onnx`: `torch.onnx.export(dynamo=True)`, traced at batch 2 with a dynamic batch
 axis, opset 18), so the bench measures exactly the graphs `vaegan export` ships.
 Both sides take host (numpy/CPU) inputs and return host outputs, so a GPU run includes the copies
@@ -22,12 +22,12 @@ from torch import nn
 
 def export_models(model: Any, out_dir: Path) -> dict[str, Any]:
     """{decoder_path, encoder_path, exporter}: ONNX files of `model`'s decoder and encoder."""
-    from vaegan.export import export_decoder_onnx, export_encoder_onnx
+    from vaegan.nn.onnx_graphs import export_decoder_onnx, export_encoder_onnx
 
     decoder_path, encoder_path = out_dir / "decoder.onnx", out_dir / "encoder.onnx"
     export_decoder_onnx(model, decoder_path)
     export_encoder_onnx(model, encoder_path)
-    return {"decoder_path": decoder_path, "encoder_path": encoder_path, "exporter": "vaegan.export"}
+    return {"decoder_path": decoder_path, "encoder_path": encoder_path, "exporter": "vaegan.nn.onnx_graphs"}
 
 
 def ort_session(path: Path, device: torch.device) -> Any:
@@ -62,8 +62,8 @@ def measure_inference(
     """Per-call seconds for each (network, batch, runtime), the ORT providers used, versions."""
     import onnxruntime as ort
 
-    from vaegan.export import DECODER, ENCODER, graph_module
     from vaegan.nn.networks import build_model, model_args_for
+    from vaegan.nn.onnx_graphs import DECODER, ENCODER, graph_module
 
     torch.manual_seed(0)
     model = build_model(model_args_for("default")).eval()

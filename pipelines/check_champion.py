@@ -23,11 +23,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from pipelines.flow_run import label_flow_run
 from vaegan import check_champion as champion
+from vaegan import dvc_commands
 from vaegan.config import Config, check_seed, load_config
-from vaegan.flows import dvc_stages
-from vaegan.flows.failures import run_command, worth_retrying
+from vaegan.errors import run_command
+from vaegan.flows.failures import worth_retrying
 from vaegan.flows.prefect_server import temporary_server
-from vaegan.flows.team_workspace import use_team_remote
 
 
 @task(retries=2, retry_delay_seconds=15, task_run_name="dvc pull test data")
@@ -39,7 +39,7 @@ def ensure_test_data(config: Config, remote: str | None) -> list[str]:
         if not Path(path).exists()
     ]
     if missing:
-        dvc_stages.pull(missing, ".", remote, on_line=get_run_logger().info)
+        dvc_commands.pull(missing, ".", remote, on_line=get_run_logger().info)
     return missing
 
 
@@ -64,7 +64,7 @@ def check_champion(
     """Score the registry's champion on the current test data; fail on FID drift."""
     os.chdir(repo_dir)
     label_flow_run()
-    remote = remote or use_team_remote(".")
+    remote = remote or dvc_commands.use_team_remote(".")
     config = load_config(params_path)
     ensure_test_data(config, remote)
     chosen_seed = champion.fresh_seed() if seed is None else seed

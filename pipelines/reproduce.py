@@ -20,10 +20,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from pipelines.flow_run import label_flow_run
 from vaegan.config import load_config
-from vaegan.errors import VaeganError
-from vaegan.flows.failures import run_command
+from vaegan.dvc_commands import use_team_remote
+from vaegan.errors import VaeganError, run_command
 from vaegan.flows.prefect_server import temporary_server
-from vaegan.flows.team_workspace import use_team_remote
 from vaegan.reproduce import DEFAULT_URI, Reproduction, reproduce_model
 from vaegan.reproduction.verdict import DIFFERENT, Tolerance
 

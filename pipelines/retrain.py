@@ -14,7 +14,7 @@ output: `vaegan.flows.workspace`) and says so.
 One retrain at a time per workspace: a second one exits 2 at once naming the running one. Ctrl-C
 stops the running stage, restores the workspace and exits 130. The stages and the command's
 temporary Prefect server die with the command, even by SIGKILL, and the next run puts back what a
-killed run left changed (`vaegan.flows.workspace_lock`, `vaegan.flows.process_group`).
+killed run left changed (`vaegan.flows.workspace_lock`, `vaegan.process_group`).
 """
 
 from __future__ import annotations
@@ -30,21 +30,21 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from pipelines.flow_run import label_flow_run
+from vaegan import dvc_commands
 from vaegan.artifacts.atomic_io import read_json_object
 from vaegan.artifacts.provenance import git_commit
 from vaegan.config import Config, load_config
-from vaegan.errors import ConfigError, VaeganError
-from vaegan.flows import dvc_stages, workspace_lock
+from vaegan.errors import ConfigError, VaeganError, run_command
+from vaegan.flows import workspace_lock
 from vaegan.flows.failures import (
     check_dvc_lock,
     parse_overrides,
-    run_command,
     validate_params,
     worth_retrying,
 )
 from vaegan.flows.prefect_server import temporary_server
 from vaegan.flows.retrain_summary import RetrainSummary, summary_markdown
-from vaegan.flows.team_workspace import is_team_clone, publish_run, use_team_remote
+from vaegan.flows.team_workspace import is_team_clone, publish_run
 from vaegan.flows.workspace import WorkspaceSnapshot
 from vaegan.registry.promotion import PromotionDecision, promote_challenger
 from vaegan.registry.registration import Registration, register_models
@@ -65,7 +65,7 @@ def profile_overrides(profile: str) -> dict[str, Any]:
 
 @task(task_run_name="apply params")
 def apply_params(overrides: dict[str, Any]) -> dict[str, Any]:
-    changes = dvc_stages.apply_params(overrides)
+    changes = dvc_commands.apply_params(overrides)
     logger = get_run_logger()
     for key, (old, new) in changes.items():
         logger.info("params.yaml: %s %r -> %r", key, old, new)
@@ -73,10 +73,10 @@ def apply_params(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(task_run_name="dvc repro {stage}")
-def repro(stage: str, pull: bool = False) -> dvc_stages.StageOutcome:
+def repro(stage: str, pull: bool = False) -> dvc_commands.StageOutcome:
     """`dvc repro <stage>`; with `pull`, outputs DVC can fetch from the remote are pulled, not rebuilt."""
     logger = get_run_logger()
-    outcome = dvc_stages.repro_stage(stage, ".", on_line=logger.info, flags=("--pull",) if pull else ())
+    outcome = dvc_commands.repro_stage(stage, ".", on_line=logger.info, flags=("--pull",) if pull else ())
     logger.info("stage %s %s in %.1f s", stage, "ran" if outcome.ran else "was cached", outcome.seconds)
     return outcome
 
@@ -115,7 +115,7 @@ def promote(config: Config, registration: Registration) -> PromotionDecision:
 
 @task(retries=3, retry_delay_seconds=15, task_run_name="dvc push")
 def push(remote: str | None, run_cache: bool = False) -> str:
-    dvc_stages.push(".", remote, on_line=get_run_logger().info, run_cache=run_cache)
+    dvc_commands.push(".", remote, on_line=get_run_logger().info, run_cache=run_cache)
     return remote or "default"
 
 
@@ -166,11 +166,12 @@ def retrain(
     commit = git_commit(".")  # before params.yaml changes: what the run's code and params came from
     overrides = {**(profile_overrides(profile) if profile else {}), **(params or {})}
     with workspace_lock.hold(".", on_line=get_run_logger().warning) as held:
-        team_remote = use_team_remote(".")  # team mode: outputs come from and go to the team's S3 remote
+        # team mode: outputs come from and go to the team's S3 remote
+        team_remote = dvc_commands.use_team_remote(".")
         snapshot = held.keep(WorkspaceSnapshot.take("."))
         try:
             changed = apply_params(overrides)
-            outcomes = [repro(stage, pull=team_remote is not None) for stage in dvc_stages.PIPELINE_STAGES]
+            outcomes = [repro(stage, pull=team_remote is not None) for stage in dvc_commands.PIPELINE_STAGES]
             config = load_config("params.yaml")
             registration = register(config)
             previous = champion_metrics(config)

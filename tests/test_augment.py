@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.conftest import TinyConfig
-from vaegan.artifacts.checkpoint import model_from_checkpoint, model_payload
 from vaegan.nn import augment as aug
 from vaegan.nn import devices
+from vaegan.nn.checkpoint_payload import model_from_checkpoint, model_payload
 from vaegan.nn.distributed import Distributed
 from vaegan.nn.loop import Batches, Plan, fit_vaegan
 from vaegan.nn.networks import PRESETS, ModelArgs, build_model, model_args_for

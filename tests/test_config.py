@@ -1,10 +1,19 @@
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from vaegan.cli import main
-from vaegan.config import Config, load_config, parse_override
+from vaegan.config import (
+    Config,
+    TrainConfig,
+    load_config,
+    output_params,
+    param,
+    parse_override,
+    resume_ignored,
+)
 from vaegan.errors import ConfigError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -135,3 +144,54 @@ def test_params_reference_doc_is_current_and_complete() -> None:
     doc = (REPO_PARAMS.parent / "docs" / "params.md").read_text()
     missing = [key for key in Config().flat() if f"| `{key}` |" not in doc]
     assert missing == []
+
+
+# The lists nn/resume.py and reproduce.py kept by hand before they came from the fields' metadata.
+HAND_KEPT_RESUME_IGNORED = frozenset(
+    {
+        "prior", "prior_components", "prior_covariance_floor", "epochs", "max_steps", "device",
+        "compile", "cuda_graph", "channels_last", "checkpoint_every", "log_every", "checkpoint_dir",
+        "model_path", "metrics_path", "history_path", "resume",
+    }
+)  # fmt: skip
+HAND_KEPT_OUTPUT_PATHS = (
+    "data.raw_dir", "data.prepared_dir", "evaluator.path", "evaluator.metrics_path",
+    "train.model_path", "train.checkpoint_dir", "train.metrics_path", "train.history_path",
+    "evaluate.metrics_path", "evaluate.report_dir", "evaluate.baseline_metrics", "export.dir",
+    "export.metrics_path",
+)  # fmt: skip
+
+
+def test_resume_ignored_keys_are_the_hand_kept_list() -> None:
+    assert resume_ignored() == HAND_KEPT_RESUME_IGNORED
+
+
+def test_output_params_are_the_hand_kept_list() -> None:
+    derived = output_params()
+    assert len(derived) == len(set(derived)) == 13
+    assert set(derived) == set(HAND_KEPT_OUTPUT_PATHS)
+    assert derived[:2] == ("data.raw_dir", "data.prepared_dir")  # the config's order
+
+
+def test_a_new_param_follows_its_field_metadata() -> None:
+    """Unmarked, a new train.* param is in the resume key and no output; marked, it is left out of
+    the key or listed as an output."""
+    extended_train = dataclasses.make_dataclass(
+        "ExtendedTrain",
+        [
+            ("new_weight", float, param(0.5, ge=0)),
+            ("new_log_dir", str, param("logs", resume=False, output=True)),
+        ],
+        bases=(TrainConfig,),
+        frozen=True,
+    )
+    extended_config = dataclasses.make_dataclass(
+        "ExtendedConfig",
+        [("train", extended_train, dataclasses.field(default_factory=extended_train))],
+        bases=(Config,),
+        frozen=True,
+    )
+    assert resume_ignored(extended_train) == HAND_KEPT_RESUME_IGNORED | {"new_log_dir"}
+    extended_outputs = output_params(extended_config)
+    assert set(extended_outputs) == {*output_params(), "train.new_log_dir"} and len(extended_outputs) == 14
+    assert extended_config().train.new_weight == 0.5

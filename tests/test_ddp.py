@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT, TinyConfig
-from vaegan.artifacts.checkpoint import load_checkpoint, load_model
+from vaegan.artifacts.checkpoint import load_checkpoint
+from vaegan.nn.checkpoint_payload import load_model
 
 
 @pytest.mark.slow

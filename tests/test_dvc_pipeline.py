@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vaegan.fetch import fetch_dataset
+from vaegan.data.download import fetch_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -18,9 +18,10 @@ from torchvision.models import inception as tv
 
 from conftest import REPO_ROOT, TinyConfig
 from vaegan import evaluate
-from vaegan.artifacts.checkpoint import model_payload, save_checkpoint
+from vaegan.artifacts.checkpoint import save_checkpoint
 from vaegan.data.splits import Split, load_split
 from vaegan.errors import CheckpointError, RegistryError
+from vaegan.nn.checkpoint_payload import model_payload
 from vaegan.nn.latent_prior import LatentPrior, fit_mixture
 from vaegan.nn.networks import build_model, model_args_for
 from vaegan.scoring import core, lenet

@@ -14,11 +14,12 @@ import torch
 
 from conftest import REPO_ROOT, TinyConfig
 from vaegan import evaluator
-from vaegan.artifacts.checkpoint import model_payload, save_checkpoint
+from vaegan.artifacts.checkpoint import save_checkpoint
 from vaegan.config import EvaluatorConfig
 from vaegan.data.idx import read_images, read_labels
 from vaegan.data.splits import Split, load_split
 from vaegan.errors import CheckpointError
+from vaegan.nn.checkpoint_payload import model_payload
 from vaegan.nn.networks import build_model, model_args_for
 from vaegan.scoring import lenet
 

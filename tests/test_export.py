@@ -17,12 +17,13 @@ from conftest import TinyConfigAt
 from tests.tmpfs import fill, mounted_tmpfs
 from vaegan import cli
 from vaegan.artifacts import onnx_runtime
-from vaegan.artifacts.checkpoint import final_model_payload, load_model, model_payload, save_checkpoint
+from vaegan.artifacts.checkpoint import save_checkpoint
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.errors import VaeganError
-from vaegan.export import ParityError, export_decoder_onnx, export_model
+from vaegan.nn.checkpoint_payload import final_model_payload, load_model, model_payload
 from vaegan.nn.latent_prior import LatentPrior, fit_mixture
 from vaegan.nn.networks import VAEGAN, build_model, model_args_for
+from vaegan.nn.onnx_graphs import ParityError, export_decoder_onnx, export_model
 
 TOLERANCE = 1e-4
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from vaegan.data.datasets import DATASETS, MNIST, SAMPLE_SHA256
+from vaegan.data.download import SOURCE_FILE, DownloadUnavailable, fetch_dataset
 from vaegan.errors import ConfigError, DataError
-from vaegan.fetch import SOURCE_FILE, DownloadUnavailable, fetch_dataset
 
 NAMES = MNIST.file_names
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.test_flows import TINY_PARAMS, _tree_digest, make_pipeline_repo
-from vaegan.flows import dvc_stages
+from vaegan import dvc_commands
 
 pytestmark = pytest.mark.slow  # real DVC stages, training, a Prefect server per run: minutes
 
@@ -108,9 +108,9 @@ def alive_after(processes: list[psutil.Process], timeout_s: float) -> list[str]:
 def built_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny pipeline, every stage run once by `dvc repro` (params.yaml holds TINY_PARAMS)."""
     repo = make_pipeline_repo(tmp_path_factory.mktemp("built"))
-    dvc_stages.apply_params(TINY_PARAMS, repo)
-    code, output = dvc_stages.run_dvc(["repro"], repo)
-    assert code == 0, dvc_stages.error_lines(output)
+    dvc_commands.apply_params(TINY_PARAMS, repo)
+    code, output = dvc_commands.run_dvc(["repro"], repo)
+    assert code == 0, dvc_commands.error_lines(output)
     return repo
 
 
@@ -151,7 +151,7 @@ def test_a_second_retrain_exits_2_naming_the_first_which_finishes_intact(repo: P
     assert first.wait(timeout_s=900) == 0, first.output[-3000:]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert (params["train"]["epochs"], params["train"]["lr"]) == (2, lr)
-    code, status = dvc_stages.run_dvc(["status"], repo)
+    code, status = dvc_commands.run_dvc(["status"], repo)
     assert code == 0 and "Data and pipelines are up to date." in status, status  # models/vaegan.pt too
 
 

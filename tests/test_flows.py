@@ -25,14 +25,14 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from vaegan import dvc_commands
 from vaegan.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.check_champion import ChampionDrift, check_champion
 from vaegan.cli import main as vaegan_main
 from vaegan.config import load_config
 from vaegan.data.splits import SPLITS, split_files
-from vaegan.flows import dvc_stages
-from vaegan.flows.dvc_stages import StageFailed
+from vaegan.dvc_commands import StageFailed
 from vaegan.registry.promotion import promote_challenger
 from vaegan.registry.registration import register_models
 from vaegan.scoring.inception import FEATURE_DIM, FIDInception
@@ -99,8 +99,8 @@ def make_pipeline_repo(root: Path) -> Path:
         "-m",
         "init",
     )
-    dvc_stages.run_dvc(["init", "-q"], repo)
-    code, output = dvc_stages.run_dvc(["remote", "add", "-d", "local", str(root / "remote")], repo)
+    dvc_commands.run_dvc(["init", "-q"], repo)
+    code, output = dvc_commands.run_dvc(["remote", "add", "-d", "local", str(root / "remote")], repo)
     assert code == 0, output
     return repo
 
@@ -155,7 +155,7 @@ def _artifact_markdown(key: str) -> str:
 def test_retrain_runs_every_stage_registers_and_promotes(first_run: tuple[Path, dict[str, Any]]) -> None:
     repo, digest = first_run
     assert all(stage["ran"] for stage in digest["stages"].values()), digest["stages"]
-    assert list(digest["stages"]) == list(dvc_stages.PIPELINE_STAGES)
+    assert list(digest["stages"]) == list(dvc_commands.PIPELINE_STAGES)
     assert digest["promoted"] is True  # the first model passing the guards becomes champion
     assert digest["registered"] == {
         "decoder": "models:/vaegan-decoder/1",
@@ -171,7 +171,7 @@ def test_retrain_runs_every_stage_registers_and_promotes(first_run: tuple[Path, 
     assert digest["fid"] == pytest.approx(eval_metrics["fid"])
     assert eval_metrics["num_samples"] == 500
     # the artifacts are in the DVC remote
-    code, output = dvc_stages.run_dvc(["status", "--cloud"], repo)
+    code, output = dvc_commands.run_dvc(["status", "--cloud"], repo)
     assert code == 0 and "in sync" in output, output
     summary = _artifact_markdown("retrain-summary")
     assert "# Retrain: new champion" in summary

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from test_export import _spread_weights, _with_mixture_prior
-from vaegan.export import export_decoder_onnx, export_encoder_onnx
 from vaegan.nn.latent_prior import LatentPrior, fit_mixture
 from vaegan.nn.networks import VAEGAN, build_model, model_args_for
+from vaegan.nn.onnx_graphs import export_decoder_onnx, export_encoder_onnx
 from vaegan.scoring.core import TorchAutoencoder
 from vaegan.scoring.onnx_model import OnnxAutoencoder
 

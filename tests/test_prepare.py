@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from vaegan.cli import main
+from vaegan.data.download import SOURCE_FILE, fetch_dataset
 from vaegan.data.idx import read_images, read_labels
 from vaegan.data.splits import SPLITS, data_sha256, load_split, split_files
 from vaegan.errors import DataError
-from vaegan.fetch import SOURCE_FILE, fetch_dataset
 from vaegan.prepare import prepare_dataset, split_indices, write_prepared
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"

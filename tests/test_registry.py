@@ -28,13 +28,14 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TinyConfig
 from promotion_worker import promote_in_child
-from vaegan.artifacts.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from vaegan.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.cli import main
 from vaegan.config import Config
 from vaegan.errors import RegistryError
-from vaegan.export import export_decoder_onnx, export_encoder_onnx
+from vaegan.nn.checkpoint_payload import model_payload
 from vaegan.nn.networks import build_model, model_args_for
+from vaegan.nn.onnx_graphs import export_decoder_onnx, export_encoder_onnx
 from vaegan.registry.client import CHALLENGER, CHAMPION
 from vaegan.registry.lock import lock_path_for, registry_lock
 from vaegan.registry.promotion import promote_challenger

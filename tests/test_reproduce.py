@@ -26,10 +26,10 @@ from mlflow.tracking import MlflowClient
 from tests.test_flow_interrupts import alive_after, kill_processes_in
 from tests.test_flows import TINY_PARAMS, harness, make_pipeline_repo  # noqa: F401  (harness: a fixture)
 from tests.tmpfs import mounted_tmpfs
+from vaegan import dvc_commands
 from vaegan.artifacts.weights_digest import weights_sha256
 from vaegan.cli import main as vaegan_main
 from vaegan.config import ConfigError, build_config, load_config
-from vaegan.flows import dvc_stages
 from vaegan.nn.networks import build_model, model_args_for
 from vaegan.registry.registration import register_models
 from vaegan.reproduce import rebuild_params, reproduce_model
@@ -159,8 +159,8 @@ def _commit_all(repo: Path, message: str) -> None:
 
 
 def _run_pipeline(repo: Path) -> None:
-    for stage in dvc_stages.PIPELINE_STAGES:
-        dvc_stages.repro_stage(stage, repo)
+    for stage in dvc_commands.PIPELINE_STAGES:
+        dvc_commands.repro_stage(stage, repo)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def registered_repo(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) 
     shutil.copytree(sample_dir, data)
     repo = make_pipeline_repo(root)
     (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n*.registry.lock\n__pycache__/\n")
-    dvc_stages.apply_params({**TINY_PARAMS, "data.source": str(data)}, repo)
+    dvc_commands.apply_params({**TINY_PARAMS, "data.source": str(data)}, repo)
     _commit_all(repo, "pipeline")
     cwd, saved = os.getcwd(), {name: os.environ.get(name) for name in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     # An absolute store: MLflow caches a store per URI string in the process, so a relative
@@ -332,7 +332,7 @@ def test_the_worktree_shares_the_cache_remotes_and_credentials(tmp_path: Path) -
         ["remote", "add", "team", "s3://bucket/vaegan"],
         ["remote", "modify", "--local", "team", "access_key_id", "AKIA-TEST"],
     ):
-        assert dvc_stages.run_dvc(args, repo)[0] == 0
+        assert dvc_commands.run_dvc(args, repo)[0] == 0
     _commit_all(repo, "dvc")
     with temporary_worktree(repo, _git(repo, "rev-parse", "HEAD").strip()) as worktree:
         share_dvc_storage(repo, worktree)

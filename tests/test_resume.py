@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -22,6 +23,8 @@ import yaml
 
 from conftest import REPO_ROOT, TinyConfigAt
 from vaegan.artifacts.checkpoint import load_checkpoint
+from vaegan.config import Config, TrainConfig, param
+from vaegan.nn.resume import resume_key
 from vaegan.nn.step import VAEGAN_METRICS
 
 # 512 images / batch 16 = 32 steps per epoch, 2 epochs: 64 steps, a checkpoint every 5.
@@ -177,3 +180,23 @@ def test_a_checkpoint_beyond_the_budget_is_a_new_run_and_an_unfinished_one_is_se
     assert unfinished.reason.endswith("the unfinished run is kept as models/checkpoints/last.step1260.pt")
     assert decide_resume(finished, key, 1260, "auto", "last.pt").action == "complete"
     assert decide_resume({**finished, "completed": False}, key, 1300, "auto", "last.pt").action == "resume"
+
+
+def test_a_new_training_param_is_in_the_resume_key_unless_its_field_says_otherwise() -> None:
+    """A train.* param added without metadata decides whether a checkpoint may be resumed; one
+    marked `resume=False` does not."""
+    extended_train = dataclasses.make_dataclass(
+        "ExtendedTrain",
+        [("new_weight", float, param(0.5, ge=0)), ("new_log_dir", str, param("logs", resume=False))],
+        bases=(TrainConfig,),
+        frozen=True,
+    )
+    config = dataclasses.replace(Config(), train=extended_train())
+    key = resume_key(config, "d" * 64, 1)
+    assert key["train"]["new_weight"] == 0.5
+    assert "new_log_dir" not in key["train"]
+    assert key["train"]["lr"] == Config().train.lr and "epochs" not in key["train"]
+    changed = dataclasses.replace(config, train=extended_train(new_weight=0.25))
+    assert resume_key(changed, "d" * 64, 1)["train"]["new_weight"] == 0.25
+    moved = dataclasses.replace(config, train=extended_train(new_log_dir="elsewhere"))
+    assert resume_key(moved, "d" * 64, 1) == key

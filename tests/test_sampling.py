@@ -20,8 +20,8 @@ from vaegan.artifacts import onnx_runtime
 from vaegan.artifacts.images import image_grid, to_uint8
 from vaegan.config import Config
 from vaegan.errors import CheckpointError, ConfigError
-from vaegan.export import export_decoder_onnx
 from vaegan.nn.networks import VAEGAN, build_model, model_args_for
+from vaegan.nn.onnx_graphs import export_decoder_onnx
 
 
 @pytest.fixture(scope="module")

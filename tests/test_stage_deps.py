@@ -103,6 +103,18 @@ def test_closure_of_a_tiny_package_is_known(tmp_path: Path) -> None:
         command_closure("nope", root)
 
 
+def test_the_command_line_is_in_every_command_closure(tmp_path: Path) -> None:
+    """`__main__.py` and cli.py, which parses the arguments and `--set` before the stage runs."""
+    package = {**FAKE, "__main__.py": "from fakepkg.cli import Command\n"}
+    root = write_package(tmp_path / "fakepkg", package)
+    closure = [str(p) for p in command_closure("lone", root)]
+    assert closure == ["__init__.py", "__main__.py", "cli.py", "lone.py"]
+    assert {"__main__.py", "cli.py"} <= {str(p) for p in command_closure("go", root)}
+    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    for stage, deps in expected_code_deps(pipeline).items():
+        assert {"src/vaegan/__main__.py", "src/vaegan/cli.py"} <= set(deps), stage
+
+
 def test_an_import_of_a_missing_module_names_the_importer(tmp_path: Path) -> None:
     root = write_package(tmp_path / "fakepkg", {"__init__.py": "", "a.py": "from fakepkg.gone import x\n"})
     with pytest.raises(ValueError, match=r"fakepkg/a.py imports fakepkg.gone, which has no file"):

@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from conftest import TinyConfig
-from vaegan.artifacts.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vaegan.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from vaegan.cli import main
+from vaegan.nn.checkpoint_payload import load_model
 from vaegan.nn.loop import HISTORY_COLUMNS, initial_model
 from vaegan.nn.networks import model_args_for
 from vaegan.nn.step import VAEGAN_METRICS

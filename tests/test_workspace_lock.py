@@ -18,8 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vaegan.flows import process_group, workspace_lock
-from vaegan.flows.dvc_stages import StageFailed, repro_stage, run_dvc
+from vaegan import process_group
+from vaegan.dvc_commands import StageFailed, repro_stage, run_dvc
+from vaegan.flows import workspace_lock
 from vaegan.flows.workspace import WorkspaceSnapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ def test_a_group_dies_with_the_process_that_started_it_even_by_sigkill(tmp_path:
     starter = textwrap.dedent(
         """
         import sys, time
-        from vaegan.flows import process_group
+        from vaegan import process_group
         process = process_group.start(["sh", "-c", "sleep 600 & sleep 600"])
         print(process.pid, flush=True)
         time.sleep(600)

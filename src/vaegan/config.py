@@ -3,6 +3,11 @@
 Every section is a frozen dataclass. Types come from the annotations, allowed values from
 `Literal[...]` and ranges from field metadata (`ge`, `gt`, `le`, `lt`). Any unknown key, wrong type
 or out-of-range value raises `ConfigError` naming the key, before any work is done.
+
+The field metadata also says what a param is to the code that must follow the config: `resume=False`
+marks a key left out of a training checkpoint's resume key (`resume_ignored`, `vaegan.nn.resume`),
+`output=True` a path the pipeline writes (`output_params`, which `vaegan reproduce` keeps inside
+its worktree). A new param is in the resume key and not an output unless its field says otherwise.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from vaegan.errors import ConfigError
 Dataset = Literal["mnist", "fashion-mnist"]
 
 
-def _range(default: Any, **bounds: float) -> Any:
-    """A dataclass field with a default and numeric bounds (ge, gt, le, lt) in its metadata."""
-    return field(default=default, metadata=bounds)
+def param(default: Any, *, resume: bool = True, output: bool = False, **bounds: float) -> Any:
+    """A dataclass field with a default and, in its metadata, numeric bounds (ge, gt, le, lt),
+    whether it is part of the resume key (`resume`) and whether it names a path the pipeline writes
+    (`output`)."""
+    return field(default=default, metadata={"bounds": bounds, "resume": resume, "output": output})
 
 
 @dataclass(frozen=True)
@@ -35,34 +42,34 @@ class DataConfig:
     source: str = "auto"
     # Mirror base URLs tried in order; empty means torchvision's list for the dataset.
     mirrors: tuple[str, ...] = ()
-    download_timeout_s: float = _range(120.0, gt=0)
-    raw_dir: str = "data/raw"
-    prepared_dir: str = "data/prepared"
+    download_timeout_s: float = param(120.0, gt=0)
+    raw_dir: str = param("data/raw", output=True)
+    prepared_dir: str = param("data/prepared", output=True)
     # > 0: training validates on the held-out split at the end of every epoch.
-    val_fraction: float = _range(0.1, gt=0.0, lt=1.0)
-    seed: int = _range(0, ge=0)
+    val_fraction: float = param(0.1, gt=0.0, lt=1.0)
+    seed: int = param(0, ge=0)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     preset: Literal["default", "seed"] = "default"
     # None keeps the preset's latent size.
-    latent_dim: int | None = _range(None, ge=1, le=1024)
+    latent_dim: int | None = param(None, ge=1, le=1024)
     # Spectral normalisation of the discriminator's layers (and no BatchNorm in it).
     spectral_norm: bool = False
 
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
-    epochs: int = _range(5, ge=1)
-    batch_size: int = _range(128, ge=1)
+    epochs: int = param(5, ge=1)
+    batch_size: int = param(128, ge=1)
     # Peak learning rate (Adam; linear warm-up then cosine decay).
-    lr: float = _range(5e-3, gt=0)
+    lr: float = param(5e-3, gt=0)
     # Random translation of training images by up to this many pixels (augmentation).
-    max_shift: int = _range(2, ge=0, le=8)
-    seed: int = _range(0, ge=0)
-    path: str = "models/evaluator.pt"
-    metrics_path: str = "metrics/evaluator.json"
+    max_shift: int = param(2, ge=0, le=8)
+    seed: int = param(0, ge=0)
+    path: str = param("models/evaluator.pt", output=True)
+    metrics_path: str = param("metrics/evaluator.json", output=True)
 
 
 @dataclass(frozen=True)
@@ -71,19 +78,19 @@ class TrainConfig:
     recon_loss: Literal["feature", "pixel", "both"] = "both"
     pixel_loss: Literal["bce", "mse"] = "bce"
     # Weight of the feature-space reconstruction term in the decoder loss (Larsen et al.'s gamma).
-    gamma: float = _range(1e-2, ge=0)
+    gamma: float = param(1e-2, ge=0)
     # Weight of L_llike in the encoder loss (the paper's is 1; 0.03 keeps the posterior near the prior).
-    encoder_llike_weight: float = _range(0.03, ge=0)
+    encoder_llike_weight: float = param(0.03, ge=0)
     # Weight of the generator's L_GAN in the decoder loss (the paper's is 1; see docs/training.md).
-    gan_weight: float = _range(10.0, ge=0)
+    gan_weight: float = param(10.0, ge=0)
     # Weight of the KL term (1.0 is the ELBO).
-    beta: float = _range(1.0, ge=0)
+    beta: float = param(1.0, ge=0)
     # Also use reconstructions as fakes for the discriminator, as in the paper.
     gan_on_recon: bool = True
     # Equilibrium gating of D and G updates from the authors' code.
     equilibrium: bool = False
-    equilibrium_target: float = _range(0.68, gt=0)
-    equilibrium_margin: float = _range(0.35, ge=0)
+    equilibrium_target: float = param(0.68, gt=0)
+    equilibrium_margin: float = param(0.35, ge=0)
     # Differentiable augmentation of every image the discriminator sees (vaegan.nn.augment).
     augment: Literal["none", "translation", "translation_cutout"] = "none"
     # How D sees a step's images: `split`, the real images in a call of their own without input
@@ -91,74 +98,78 @@ class TrainConfig:
     # separate BatchNorm batches); `fused`, one call on real, reconstructed and generated images
     # together (one BatchNorm batch, fewer and larger kernels).
     d_pass: Literal["split", "fused"] = "split"
-    epochs: int = _range(9, ge=1)
+    # Not in the resume key: a longer budget continues the same trajectory (the lr schedule is per epoch).
+    epochs: int = param(9, ge=1, resume=False)
     # 0 means run all epochs; otherwise stop after this many optimizer steps.
-    max_steps: int = _range(0, ge=0)
+    max_steps: int = param(0, ge=0, resume=False)
     # Per process; at least 2: BatchNorm cannot normalise a batch of one image.
-    batch_size: int = _range(64, ge=2)
-    lr: float = _range(3e-4, gt=0)
-    lr_discriminator: float = _range(3e-4, gt=0)
-    beta1: float = _range(0.5, ge=0, lt=1)
-    beta2: float = _range(0.999, ge=0, lt=1)
+    batch_size: int = param(64, ge=2)
+    lr: float = param(3e-4, gt=0)
+    lr_discriminator: float = param(3e-4, gt=0)
+    beta1: float = param(0.5, ge=0, lt=1)
+    beta2: float = param(0.999, ge=0, lt=1)
     # Exponential decay of all learning rates per epoch.
-    lr_decay: float = _range(1.0, gt=0, le=1)
+    lr_decay: float = param(1.0, gt=0, le=1)
     # Exponential moving average of the decoder's weights (and BatchNorm statistics), per step; the
     # final model's decoder is the average. 0 = off.
-    ema_decay: float = _range(0.0, ge=0, lt=1)
-    seed: int = _range(0, ge=0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    ema_decay: float = param(0.0, ge=0, lt=1)
+    seed: int = param(0, ge=0)
+    # Not in the resume key: resuming on another device continues training, but not bit for bit.
+    device: Literal["auto", "cpu", "cuda", "mps"] = param("auto", resume=False)
     # bf16 autocast where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs); auto = bf16 there.
     precision: Literal["fp32", "bf16", "auto"] = "auto"
-    compile: bool = False
+    compile: bool = param(False, resume=False)
     # CUDA only: capture the whole training step (forward, backward passes, Adam) as one CUDA graph
     # and replay it every step (vaegan.nn.cuda_graph); one process, without compile/augment/equilibrium.
-    cuda_graph: bool = False
-    channels_last: bool = True
-    checkpoint_every: int = _range(200, ge=1)
+    # Not in the resume key: the same step, launched as one replayed graph.
+    cuda_graph: bool = param(False, resume=False)
+    channels_last: bool = param(True, resume=False)
+    checkpoint_every: int = param(200, ge=1, resume=False)
     # auto: resume checkpoint_dir/last.pt when its params match; never: always start fresh.
-    resume: Literal["auto", "never"] = "auto"
-    log_every: int = _range(50, ge=1)
+    resume: Literal["auto", "never"] = param("auto", resume=False)
+    log_every: int = param(50, ge=1, resume=False)
     # 0 means the whole training split.
-    limit_train_images: int = _range(0, ge=0)
-    checkpoint_dir: str = "models/checkpoints"
-    model_path: str = "models/vaegan.pt"
-    metrics_path: str = "metrics/train.json"
+    limit_train_images: int = param(0, ge=0)
+    checkpoint_dir: str = param("models/checkpoints", resume=False, output=True)
+    model_path: str = param("models/vaegan.pt", resume=False, output=True)
+    metrics_path: str = param("metrics/train.json", resume=False, output=True)
     # The latent prior generation draws from, fitted to the encoder means after training:
     # standard = N(0, I); gaussian = one full-covariance Gaussian; mixture = prior_components of them.
-    prior: Literal["standard", "gaussian", "mixture"] = "mixture"
-    prior_components: int = _range(80, ge=1)
+    # Not in the resume key: fitted after training, from the final weights.
+    prior: Literal["standard", "gaussian", "mixture"] = param("mixture", resume=False)
+    prior_components: int = param(80, ge=1, resume=False)
     # Added to each component's covariance diagonal: a floor that keeps a component fitted to few
     # codes from collapsing onto them (1e-4 to 1e-2 measured in docs/training.md).
-    prior_covariance_floor: float = _range(0.01, gt=0, le=1.0)
+    prior_covariance_floor: float = param(0.01, gt=0, le=1.0, resume=False)
     # Per-epoch loss curves (a DVC plot).
-    history_path: str = "metrics/train_history.csv"
+    history_path: str = param("metrics/train_history.csv", resume=False, output=True)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    num_samples: int = _range(10000, ge=2)
-    seed: int = _range(0, ge=0)
-    batch_size: int = _range(100, ge=1)
+    num_samples: int = param(10000, ge=2)
+    seed: int = param(0, ge=0)
+    batch_size: int = param(100, ge=1)
     feature_extractor: Literal["lenet", "inception"] = "lenet"
     # pytorch-fid's FID Inception weights (pt_inception-2015-12-05-*.pth), a local file.
     inception_weights: str | None = None
-    precision_recall_k: int = _range(3, ge=1)
+    precision_recall_k: int = param(3, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # The model to evaluate; None means train.model_path.
     checkpoint: str | None = None
-    metrics_path: str = "metrics/eval.json"
-    report_dir: str = "reports/eval"
+    metrics_path: str = param("metrics/eval.json", output=True)
+    report_dir: str = param("reports/eval", output=True)
     # Metrics of the `vae` baseline to show beside this model in the report (a metrics JSON).
-    baseline_metrics: str | None = "metrics/baseline/eval.json"
+    baseline_metrics: str | None = param("metrics/baseline/eval.json", output=True)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    opset: int = _range(18, ge=18)
-    dir: str = "models/onnx"
-    parity_tolerance: float = _range(1e-4, gt=0)
+    opset: int = param(18, ge=18)
+    dir: str = param("models/onnx", output=True)
+    parity_tolerance: float = param(1e-4, gt=0)
     parity_batch_sizes: tuple[int, ...] = (1, 7, 256)
-    metrics_path: str = "metrics/export.json"
+    metrics_path: str = param("metrics/export.json", output=True)
 
 
 @dataclass(frozen=True)
@@ -166,11 +177,11 @@ class RegistryConfig:
     decoder_name: str = "vaegan-decoder"
     encoder_name: str = "vaegan-encoder"
     # Relative FID improvement a challenger needs over the champion.
-    min_improvement: float = _range(0.02, ge=0, lt=1)
-    max_fid: float = _range(800.0, gt=0)
-    min_evaluator_accuracy: float = _range(0.95, ge=0, le=1)
+    min_improvement: float = param(0.02, ge=0, lt=1)
+    max_fid: float = param(800.0, gt=0)
+    min_evaluator_accuracy: float = param(0.95, ge=0, le=1)
     # Relative FID degradation that fails the champion check (`vaegan check-champion`).
-    max_fid_drift: float = _range(0.25, ge=0)
+    max_fid_drift: float = param(0.25, ge=0)
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,24 @@ class Config:
             for section, values in self.to_dict().items()
             for key, value in values.items()
         }
+
+
+def resume_ignored(section: type = TrainConfig) -> frozenset[str]:
+    """The keys of a config section whose field says `resume=False`: a checkpoint and the run
+    resuming it may differ in them."""
+    return frozenset(f.name for f in dataclasses.fields(section) if not f.metadata.get("resume", True))
+
+
+def output_params(config: type = Config) -> tuple[str, ...]:
+    """`section.key` of every param whose field says `output=True` (a path the pipeline writes), in
+    the config's order."""
+    sections = typing.get_type_hints(config)
+    return tuple(
+        f"{section.name}.{key.name}"
+        for section in dataclasses.fields(config)
+        for key in dataclasses.fields(sections[section.name])
+        if key.metadata.get("output", False)
+    )
 
 
 def check_seed(seed: int) -> None:
@@ -293,10 +322,10 @@ _BOUNDS = {
 }
 
 
-def _check_bounds(key: str, value: Any, metadata: typing.Mapping[str, Any]) -> None:
+def _check_bounds(key: str, value: Any, bounds: typing.Mapping[str, float]) -> None:
     if value is None:
         return
-    for name, bound in metadata.items():
+    for name, bound in bounds.items():
         test, symbol = _BOUNDS[name]
         if not test(value, bound):
             raise ConfigError(f"{key}: {value!r} is out of range (must be {symbol} {bound})")
@@ -313,7 +342,7 @@ def _build_section(name: str, cls: type, values: Any) -> Any:
         if key not in known:
             raise ConfigError(f"{full}: unknown key (known: {', '.join(sorted(known))})")
         kwargs[key] = _coerce(full, value, hints[key])
-        _check_bounds(full, kwargs[key], known[key].metadata)
+        _check_bounds(full, kwargs[key], known[key].metadata.get("bounds", {}))
     return cls(**kwargs)
 
 

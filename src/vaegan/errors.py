@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
+INTERRUPTED = 130  # 128 + SIGINT
+
 
 class VaeganError(Exception):
     """A problem the user can fix (bad params, bad data file, bad checkpoint). Exit code 2."""
@@ -48,3 +53,18 @@ def first_line(exc: BaseException) -> str:
     errors that wrap a library's multi-line one."""
     message = str(exc).strip()
     return message.splitlines()[0] if message else type(exc).__name__
+
+
+def run_command(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's `body` (a flow's, `vaegan.team`'s); a `VaeganError` becomes its message on
+    stderr (one line, or the failed stage's error lines) and its exit code, Ctrl-C exit 130 (the
+    shell's code for SIGINT)."""
+    try:
+        return body()
+    except VaeganError as exc:
+        message = str(exc).strip() or first_line(exc)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED

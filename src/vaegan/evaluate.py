@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vaegan.artifacts.atomic_io import read_json_object, write_json
-from vaegan.artifacts.checkpoint import load_checkpoint, model_from_checkpoint
+from vaegan.artifacts.checkpoint import load_checkpoint
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.data.splits import data_sha256
 from vaegan.errors import ConfigError
+from vaegan.nn.checkpoint_payload import model_from_checkpoint
 from vaegan.scoring.core import METRIC_KEYS, load_scoring
 from vaegan.scoring.report import write_report
 from vaegan.tracking.store import connect, ensure_experiment, log_metrics, orchestration_tags

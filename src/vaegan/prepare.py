@@ -21,6 +21,7 @@ from vaegan.artifacts.images import image_grid, write_png
 from vaegan.artifacts.provenance import sha256_bytes, sha256_file
 from vaegan.config import Config
 from vaegan.data.datasets import DatasetSpec, dataset_spec
+from vaegan.data.download import SOURCE_FILE, read_source
 from vaegan.data.idx import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
@@ -31,7 +32,6 @@ from vaegan.data.idx import (
 )
 from vaegan.data.splits import SPLITS, Split, data_sha256, split_files
 from vaegan.errors import DataError
-from vaegan.fetch import SOURCE_FILE, read_source
 
 log = logging.getLogger(__name__)
 

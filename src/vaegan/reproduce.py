@@ -31,7 +31,7 @@ from typing import Any
 from vaegan.artifacts.atomic_io import output_file_problem, read_json_object, write_text
 from vaegan.artifacts.checkpoint import load_checkpoint
 from vaegan.artifacts.weights_digest import weights_sha256
-from vaegan.config import Config, build_config, parse_override
+from vaegan.config import Config, build_config, output_params, parse_override
 from vaegan.data.splits import data_sha256
 from vaegan.errors import ConfigError
 from vaegan.registry.client import ROLES, connect_registry, mlflow_errors
@@ -56,13 +56,6 @@ from vaegan.reproduction.worktree import (
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "models:/vaegan-decoder@champion"
-# Params naming files the rebuild writes: they must stay inside its worktree.
-OUTPUT_PATHS = (
-    "data.raw_dir", "data.prepared_dir", "evaluator.path", "evaluator.metrics_path",
-    "train.model_path", "train.checkpoint_dir", "train.metrics_path", "train.history_path",
-    "evaluate.metrics_path", "evaluate.report_dir", "evaluate.baseline_metrics", "export.dir",
-    "export.metrics_path",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,7 +82,7 @@ def rebuild_params(
     params.setdefault("tracking", {}).update(tracking)
     config = build_config(params)
     resolved = config.to_dict()
-    for key in OUTPUT_PATHS:
+    for key in output_params():  # the files the rebuild writes: they must stay inside its worktree
         section, name = key.split(".")
         value = resolved[section][name]
         if isinstance(value, str) and Path(value).is_absolute():

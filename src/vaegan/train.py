@@ -21,19 +21,13 @@ import numpy as np
 import torch
 
 from vaegan.artifacts.atomic_io import write_json, write_text
-from vaegan.artifacts.checkpoint import (
-    MODEL_KIND,
-    final_model_payload,
-    load_checkpoint,
-    model_from_checkpoint,
-    prior_payload,
-    save_checkpoint,
-)
+from vaegan.artifacts.checkpoint import MODEL_KIND, load_checkpoint, save_checkpoint
 from vaegan.artifacts.provenance import git_commit
 from vaegan.config import Config
 from vaegan.data.splits import data_sha256, load_split
 from vaegan.errors import CheckpointError, TrainingError
 from vaegan.nn import distributed
+from vaegan.nn.checkpoint_payload import final_model_payload, model_from_checkpoint, prior_payload
 from vaegan.nn.cuda_graph import check_graphable
 from vaegan.nn.devices import select_device, training_environment
 from vaegan.nn.distributed import Distributed

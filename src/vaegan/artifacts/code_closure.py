@@ -12,9 +12,10 @@ function level, under `if TYPE_CHECKING:`), to the modules they name:
   `Config` whose defaults fill in what params.yaml leaves out): a dep listed too many costs a
   re-run, one missing costs a stale result, so the closure errs on the side of listing.
 
-cli.py itself is not in a command's closure (it parses arguments and dispatches, the stage does
-the work); its `COMMANDS` table is read as text, not imported, so that this module, which the
-train stage's resume key hashes, does not drag the command line into that stage's code.
+The command line is in every command's closure: `__main__.py` (`python -m vaegan`) and what it
+imports, cli.py (the `vaegan` script runs the same `cli.main`), which parses the arguments and the
+`--set` overrides before it dispatches to the stage; a change to how params are parsed reruns every
+stage. cli.py's `COMMANDS` table is read as text, not followed: it names every stage module.
 
 One source for two users: tools/stage_deps.py writes each DVC stage's code deps from it, and
 `vaegan.nn.resume.training_code_sha256` hashes the train command's closure.
@@ -150,9 +151,12 @@ def _command_entry(cli: Path, entry: ast.expr) -> tuple[str, str]:
 
 
 def command_closure(command: str, root: Path | None = None) -> tuple[PurePosixPath, ...]:
-    """The package files `vaegan <command>` runs (relative to the package directory, sorted)."""
+    """The package files `vaegan <command>` runs: the stage module's closure and the command line's
+    (`__main__.py` and what it imports, where the package has one); relative to the package
+    directory, sorted."""
     root = package_dir() if root is None else root
     modules = command_modules(root)
     if command not in modules:
         raise ValueError(f"{root / 'cli.py'}: no command {command!r} in COMMANDS ({', '.join(modules)})")
-    return import_closure(root, [modules[command]])
+    entry = f"{root.name}.__main__"
+    return import_closure(root, [modules[command], *([entry] if _is_module(root, entry) else [])])

@@ -1,1 +1,2 @@
-"""The data sets: the IDX format, what each supported dataset is, and the prepared train/val/test splits."""
+"""The data sets: the IDX format, what each supported dataset is, its download (`download.py`), and
+the prepared train/val/test splits."""

@@ -5,15 +5,14 @@ gives the same answer every time, so it is not retried; an unreachable server or
 error is. The flows' `main`s validate their arguments with the CLI's own code before any task runs
 and end a `VaeganError` with `<command>: error: <first line>` and its exit code (2 for bad input and
 refusals, 1 for drift and failed training), not with Prefect's traceback; Ctrl-C ends them with
-exit 130 once the flow has cleaned up.
+exit 130 once the flow has cleaned up (`vaegan.errors.run_command`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ from voluptuous import Invalid
 
 from vaegan.config import load_config, parse_override
 from vaegan.errors import ServiceUnavailable, VaeganError, WorkspaceError, first_line
-
-INTERRUPTED = 130  # 128 + SIGINT
 
 
 def worth_retrying(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -70,17 +67,3 @@ def check_dvc_lock(path: str | os.PathLike[str] = "dvc.lock") -> None:
             f"{lock} is not a DVC lock file DVC can read ({first_line(exc)}): restore it "
             f"(`git checkout -- {lock.name}`) or delete it to run every stage again"
         ) from exc
-
-
-def run_command(prog: str, body: Callable[[], int]) -> int:
-    """Run a flow command's `body`; a `VaeganError` becomes its message on stderr (one line, or the
-    failed stage's error lines) and its exit code, Ctrl-C exit 130 (the shell's code for SIGINT)."""
-    try:
-        return body()
-    except VaeganError as exc:
-        message = str(exc).strip() or first_line(exc)
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return INTERRUPTED

@@ -5,7 +5,7 @@ terminal's process group, so one Ctrl-C stops it under the flow (which then hang
 while it tries to record the interrupt and restore the workspace), and a SIGKILL of the flow leaves
 it running. `temporary_server` starts the same server (Prefect's uvicorn app factory, as
 `prefect.server.api.server.SubprocessASGIServer` runs it) in a process group of its own that dies
-with the command (`vaegan.flows.process_group`), points Prefect at it for the `with` body, and stops
+with the command (`vaegan.process_group`), points Prefect at it for the `with` body, and stops
 it at the end. A server the user configured (`PREFECT_API_URL`) is used as it is.
 
 Start it from the main thread: the server dies with the thread that started it.
@@ -34,8 +34,8 @@ from prefect.settings import (
     temporary_settings,
 )
 
+from vaegan import process_group
 from vaegan.errors import VaeganError
-from vaegan.flows import process_group
 
 
 class ServerDidNotStart(VaeganError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vaegan.flows.dvc_stages import StageOutcome
+    from vaegan.dvc_commands import StageOutcome
     from vaegan.registry.promotion import PromotionDecision
     from vaegan.registry.registration import Registration
 

@@ -1,5 +1,6 @@
-"""What a flow does in team mode (the variables of `.team/env` are set): use the team's DVC remote,
-and, in a per-run clone of the team's git remote, publish what the run produced as a branch.
+"""What a flow does in team mode (the variables of `.team/env` are set): use the team's DVC remote
+(`vaegan.dvc_commands.use_team_remote`), and, in a per-run clone of the team's git remote, publish
+what the run produced as a branch.
 
 A worker runs each flow run in a fresh clone of the team's git remote (prefect.yaml's pull steps),
 inside a temporary folder that the worker deletes afterwards. Nothing of the run may live only
@@ -14,12 +15,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from vaegan.dvc_commands import REMOTE_URL_VARIABLE
 from vaegan.errors import VaeganError
-from vaegan.flows.dvc_stages import StageFailed, error_lines, run_dvc
 
-TEAM_REMOTE = "team"
-REMOTE_URL_VARIABLE = "VAEGAN_DVC_REMOTE_URL"
-ENDPOINT_VARIABLE = "VAEGAN_DVC_ENDPOINT_URL"
 GIT_REMOTE_VARIABLE = "VAEGAN_GIT_REMOTE"
 RUN_BRANCH_PREFIX = "runs/"
 
@@ -32,23 +30,6 @@ class PublishFailed(VaeganError):
 
 def in_team_mode() -> bool:
     return bool(os.environ.get(REMOTE_URL_VARIABLE))
-
-
-def use_team_remote(repo_dir: str | os.PathLike[str] = ".") -> str | None:
-    """Make the team's S3 remote the default DVC remote of `repo_dir` (in `.dvc/config.local`, which
-    git never sees); its name, or None outside team mode. The keys come from the environment."""
-    url = os.environ.get(REMOTE_URL_VARIABLE)
-    if not url:
-        return None
-    commands = [["remote", "add", "--local", "--force", "--default", TEAM_REMOTE, url]]
-    endpoint = os.environ.get(ENDPOINT_VARIABLE)
-    if endpoint:
-        commands.append(["remote", "modify", "--local", TEAM_REMOTE, "endpointurl", endpoint])
-    for args in commands:
-        code, output = run_dvc(args, repo_dir)
-        if code != 0:
-            raise StageFailed(f"dvc {' '.join(args[:3])} {TEAM_REMOTE} failed:\n{error_lines(output)}")
-    return TEAM_REMOTE
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:

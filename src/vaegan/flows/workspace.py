@@ -29,7 +29,7 @@ from pathlib import Path
 from dvc.repo import Repo
 
 from vaegan.artifacts.atomic_io import atomic_directory, read_json_object, write_bytes, write_json
-from vaegan.flows.dvc_stages import StageFailed, run_dvc
+from vaegan.dvc_commands import StageFailed, run_dvc
 
 KEPT_FILES = ("params.yaml", "dvc.lock")
 MANIFEST = "manifest.json"

@@ -30,11 +30,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from vaegan.artifacts.checkpoint import model_payload
 from vaegan.config import Config
 from vaegan.errors import ConfigError, TrainingError
 from vaegan.nn import augment as aug
 from vaegan.nn import distributed
+from vaegan.nn.checkpoint_payload import model_payload
 from vaegan.nn.cuda_graph import GraphedStep, check_graphable
 from vaegan.nn.devices import autocast_factory, deterministic_algorithms, resolve_precision
 from vaegan.nn.distributed import Distributed

@@ -1,11 +1,12 @@
 """What a training checkpoint must carry to resume exactly, and when a checkpoint may be resumed.
 
 A run resumes from `<train.checkpoint_dir>/last.pt` when its *resume key* matches the checkpoint's:
-the model section, the train section without the keys in `RESUME_IGNORED`, the data's sha256, the
-number of DDP ranks and the sha256 of the training code (`training_code()`): after a code change DVC
-re-runs the stage, and a finished checkpoint of the old code must not stand in for the new model.
-The ignored keys change where files go, how often the run logs or saves,
-how long it runs or on which device, never the sequence of updates it makes.
+the model section, the train section without the keys config.py marks `resume=False`
+(`vaegan.config.resume_ignored`), the data's sha256, the number of DDP ranks and the sha256 of the
+training code (`training_code()`): after a code change DVC re-runs the stage, and a finished
+checkpoint of the old code must not stand in for the new model. The ignored keys change where files
+go, how often the run logs or saves, how long it runs or on which device, never the sequence of
+updates it makes.
 """
 
 from __future__ import annotations
@@ -22,31 +23,8 @@ import torch
 
 from vaegan.artifacts.code_closure import command_closure, package_dir
 from vaegan.artifacts.provenance import sha256_bytes
-from vaegan.config import Config
+from vaegan.config import Config, resume_ignored
 from vaegan.errors import CheckpointError
-
-# train.* keys that may differ between a checkpoint and the run resuming it.
-RESUME_IGNORED = frozenset(
-    {
-        "prior",  # fitted after training, from the final weights
-        "prior_components",
-        "prior_covariance_floor",
-        "epochs",  # a longer budget continues the same trajectory (the lr schedule is per epoch)
-        "max_steps",
-        "device",  # resuming on another device continues training, but not bit for bit
-        "compile",
-        "cuda_graph",  # the same step, launched as one replayed graph
-        "channels_last",
-        "checkpoint_every",
-        "log_every",
-        "checkpoint_dir",
-        "model_path",
-        "metrics_path",
-        "history_path",
-        "resume",
-    }
-)
-
 
 # The command whose code decides the sequence of updates (dvc.yaml's train stages run it).
 TRAINING_COMMAND = "train"
@@ -70,7 +48,8 @@ def training_code_sha256() -> str:
 
 def resume_key(config: Config, data_sha256: str, world_size: int) -> dict[str, Any]:
     """The values that must match for a checkpoint to be resumed by this config."""
-    train = {k: v for k, v in config.to_dict()["train"].items() if k not in RESUME_IGNORED}
+    ignored = resume_ignored(type(config.train))
+    train = {k: v for k, v in config.to_dict()["train"].items() if k not in ignored}
     return {
         "model": config.to_dict()["model"],
         "train": train,

@@ -34,8 +34,8 @@ from vaegan.artifacts.onnx_runtime import create_session
 from vaegan.artifacts.provenance import sha256_file
 from vaegan.artifacts.weights_digest import weights_sha256
 from vaegan.config import Config
+from vaegan.dvc_commands import stage_lock_md5
 from vaegan.errors import RegistryError
-from vaegan.flows.dvc_stages import stage_lock_md5
 from vaegan.registry.client import (
     CHALLENGER,
     ONNX_FILE,

@@ -4,7 +4,7 @@ and remotes, the recorded params, and the pipeline's stages run through DVC.
 The user's workspace is never touched: the worktree is a separate checkout (`git worktree add
 --detach`), removed afterwards. While it runs, the rebuild holds a flock on `owner.lock` beside the
 worktree; a `vaegan-reproduce-*` worktree whose lock is free was left by a rebuild that was killed
-(its stages died with it: `vaegan.flows.process_group`), and the next rebuild removes it and says
+(its stages died with it: `vaegan.process_group`), and the next rebuild removes it and says
 so (`prune_stale_worktrees`). A worktree kept with `--keep` has no lock file and stays.
 
 DVC in the worktree uses the repository's cache directory (data the user already has is not copied
@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from vaegan.artifacts.atomic_io import write_text
+from vaegan.dvc_commands import error_lines, repro_stage, run_dvc
 from vaegan.errors import VaeganError
-from vaegan.flows.dvc_stages import error_lines, repro_stage, run_dvc
 
 # The stages that produce the data; every stage after them is rebuilt.
 DATA_STAGES = ("fetch", "prepare")

@@ -23,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from vaegan.errors import VaeganError
-from vaegan.flows.failures import run_command
-from vaegan.flows.team_workspace import REMOTE_URL_VARIABLE, use_team_remote
+from vaegan.dvc_commands import REMOTE_URL_VARIABLE, use_team_remote
+from vaegan.errors import VaeganError, run_command
 from vaegan.team.layout import DEFAULT_ROOT, Ports, TeamLayout
 from vaegan.team.stack import POOLS, SERVERS, Stack
 

@@ -3,6 +3,7 @@
 The command line is DVC's stable interface (treeverse/dvc#3278); one DVC command runs at a time in
 a workspace (DVC takes a lock). Params overrides are written into params.yaml before any stage
 runs, the way `dvc exp run -S` does in the workspace, so params.yaml and dvc.lock always agree.
+In team mode (`.team/env` sourced), `use_team_remote` makes the team's S3 remote the default.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
+from vaegan import process_group
 from vaegan.artifacts.atomic_io import write_text
 from vaegan.config import load_config
 from vaegan.errors import ConfigError, VaeganError
-from vaegan.flows import process_group
 
 # dvc.yaml's stages in an order that respects their dependencies.
 PIPELINE_STAGES = (
@@ -39,6 +40,11 @@ PIPELINE_STAGES = (
     "evaluate",
     "export",
 )
+
+# The team mode's DVC remote (`vaegan.team` writes its URL and endpoint into `.team/env`).
+TEAM_REMOTE = "team"
+REMOTE_URL_VARIABLE = "VAEGAN_DVC_REMOTE_URL"
+ENDPOINT_VARIABLE = "VAEGAN_DVC_ENDPOINT_URL"
 
 _RAN = re.compile(r"Running stage '([^']+)'")
 
@@ -213,6 +219,23 @@ def _flow_style(value: Any) -> Any:
     seq = CommentedSeq(value)
     seq.fa.set_flow_style()
     return seq
+
+
+def use_team_remote(repo_dir: str | os.PathLike[str] = ".") -> str | None:
+    """Make the team's S3 remote the default DVC remote of `repo_dir` (in `.dvc/config.local`, which
+    git never sees); its name, or None outside team mode. The keys come from the environment."""
+    url = os.environ.get(REMOTE_URL_VARIABLE)
+    if not url:
+        return None
+    commands = [["remote", "add", "--local", "--force", "--default", TEAM_REMOTE, url]]
+    endpoint = os.environ.get(ENDPOINT_VARIABLE)
+    if endpoint:
+        commands.append(["remote", "modify", "--local", TEAM_REMOTE, "endpointurl", endpoint])
+    for args in commands:
+        code, output = run_dvc(args, repo_dir)
+        if code != 0:
+            raise StageFailed(f"dvc {' '.join(args[:3])} {TEAM_REMOTE} failed:\n{error_lines(output)}")
+    return TEAM_REMOTE
 
 
 def stage_lock_md5(stage: str, repo_dir: str | os.PathLike[str] = ".") -> str:

@@ -8,7 +8,7 @@ Ctrl-C reaches the flow only (the group is not in the terminal's foreground), an
 group itself (`stop`) before it restores the workspace.
 
 The parent-death signal fires when the *thread* that started the keeper ends: start a group from the
-thread that waits for it (`vaegan.flows.dvc_stages.run_dvc`), or from the main thread for one that
+thread that waits for it (`vaegan.dvc_commands.run_dvc`), or from the main thread for one that
 lives as long as the process (the flow commands' Prefect server). On systems without
 PR_SET_PDEATHSIG (not Linux) the groups still keep Ctrl-C away from the commands, but outlive a
 killed flow.

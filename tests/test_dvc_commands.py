@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from vaegan.config import load_config
+from vaegan.dvc_commands import PIPELINE_STAGES, apply_params, run_dvc, stage_lock_md5
 from vaegan.errors import ConfigError
-from vaegan.flows.dvc_stages import PIPELINE_STAGES, apply_params, run_dvc, stage_lock_md5
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
