@@ -209,7 +209,7 @@ def training_payload(plan: Plan, nets: Networks, run: LoopState, completed: bool
         "metric_names": list(plan.names),
     }
     ema = nets.ema.state_dict() if nets.ema is not None else None
-    return model_payload(nets.model, plan.config, state, decoder_ema=ema)
+    return model_payload(nets.model, plan.recorded_config, state, decoder_ema=ema)
 
 
 def final_metrics(plan: Plan, run: LoopState, device: torch.device, divergence: float) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class Plan:
     rank: int
     # what every checkpoint records besides the weights and the loop's state
     preset: str
-    config: dict[str, Any]  # Config.to_dict() of the run
+    recorded_config: dict[str, Any]  # Config.to_dict() of the run
     provenance: dict[str, Any]
 
     @classmethod
@@ -75,7 +75,7 @@ class Plan:
             world_size=ctx.world_size,
             rank=ctx.rank,
             preset=config.model.preset,
-            config=config.to_dict(),
+            recorded_config=config.to_dict(),
             provenance=provenance,
         )
 
