@@ -3,18 +3,17 @@ with the package (the GPU image has no DVC outputs), tiled to the size a benchma
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from vaegan.data.idx import read_images
 
 PREPARED_DIR = Path("data/prepared")
 
 
 def _sample_images(split: str) -> np.ndarray:
-    from importlib import resources
-
-    from vaegan.data.idx import read_images
-
     name = "train-images-idx3-ubyte.gz" if split == "train" else "t10k-images-idx3-ubyte.gz"
     with resources.as_file(resources.files("vaegan") / "sample_data" / "mnist" / name) as path:
         return read_images(path)

@@ -23,7 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.data import real_images
 from bench.device_sync import sync_device
+from vaegan.nn.networks import build_model, model_args_for
+from vaegan.scoring import metrics as M
+from vaegan.scoring.core import quantise
+from vaegan.scoring.lenet import EvaluatorArgs, LeNet, images_to_tensor
+
+try:
+    from scipy import linalg
+except ImportError:  # the plain side is skipped, with the reason
+    linalg = None
 
 PLAIN_BATCH = 50  # pytorch-fid's default --batch-size
 
@@ -34,8 +44,6 @@ def project_fid(
     device: torch.device, batch_size: int = 1000, seed: int = 0,
 ) -> float:  # fmt: skip
     """FID with the project's functions, as `evaluate_model` computes `fid` (real: (N, 1, 28, 28))."""
-    from vaegan.scoring import metrics as M
-    from vaegan.scoring.core import quantise
 
     def features(images: torch.Tensor) -> np.ndarray:
         return evaluator.features(images).double().cpu().numpy()
@@ -58,8 +66,6 @@ def plain_fid(
     device: torch.device, batch_size: int = PLAIN_BATCH, seed: int = 0,
 ) -> float:  # fmt: skip
     """The same FID written the plain way (per-batch loops and host copies, scipy's sqrtm)."""
-    from scipy import linalg
-
     dim = 128
     real_act = np.empty((len(real), dim))
     for start in range(0, len(real), batch_size):
@@ -88,10 +94,6 @@ def measure_fid(
     *, num_samples: int, repeats: int, device: torch.device, batch_size: int = 1000
 ) -> dict[str, Any]:
     """Seconds of each side over `repeats` runs (after one warm-up), and their FID values."""
-    from bench.data import real_images
-    from vaegan.nn.networks import build_model, model_args_for
-    from vaegan.scoring.lenet import EvaluatorArgs, LeNet, images_to_tensor
-
     torch.manual_seed(0)
     args = model_args_for("default")
     decoder = build_model(args).decoder.eval().to(device)
@@ -103,12 +105,8 @@ def measure_fid(
         "latent_dim": args.latent_dim, "device": device,
     }  # fmt: skip
     sides: dict[str, Any] = {"project": functools.partial(project_fid, batch_size=batch_size)}
-    try:
-        import scipy.linalg  # noqa: F401
-
+    if linalg is not None:
         sides["plain"] = plain_fid
-    except ImportError:
-        pass
     times: dict[str, list[float]] = {name: [] for name in sides}
     values: dict[str, float] = {}
     for rep in range(repeats + 1):  # interleaved, the first round untimed

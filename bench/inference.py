@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
+
+from vaegan.nn.networks import build_model, model_args_for
+from vaegan.nn.onnx_graphs import DECODER, ENCODER, export_decoder_onnx, export_encoder_onnx, graph_module
 
 
 def export_models(model: Any, out_dir: Path) -> dict[str, Any]:
     """{decoder_path, encoder_path, exporter}: ONNX files of `model`'s decoder and encoder."""
-    from vaegan.nn.onnx_graphs import export_decoder_onnx, export_encoder_onnx
-
     decoder_path, encoder_path = out_dir / "decoder.onnx", out_dir / "encoder.onnx"
     export_decoder_onnx(model, decoder_path)
     export_encoder_onnx(model, encoder_path)
@@ -32,8 +34,6 @@ def export_models(model: Any, out_dir: Path) -> dict[str, Any]:
 
 def ort_session(path: Path, device: torch.device) -> Any:
     """An ORT session on CUDA when the bench's device is CUDA and ORT offers it, else CPU."""
-    import onnxruntime as ort
-
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         if hasattr(ort, "preload_dlls"):
@@ -60,11 +60,6 @@ def measure_inference(
     *, batches: tuple[int, ...], calls: dict[int, int], device: torch.device, warmup: int = 10
 ) -> dict[str, Any]:
     """Per-call seconds for each (network, batch, runtime), the ORT providers used, versions."""
-    import onnxruntime as ort
-
-    from vaegan.nn.networks import build_model, model_args_for
-    from vaegan.nn.onnx_graphs import DECODER, ENCODER, graph_module
-
     torch.manual_seed(0)
     model = build_model(model_args_for("default")).eval()
     results: dict[str, Any] = {"ort_version": ort.__version__}

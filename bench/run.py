@@ -4,9 +4,7 @@ print a table and write `<out>/<device>.json`.
 The device is chosen like the trainer chooses it (`vaegan.nn.devices.select_device("auto")`). Each
 training configuration runs in its own process (`bench.training`); FID, inference and
 orchestration run in this one. Parts whose dependencies are missing are recorded as skipped with
-the reason (the GPU image has torch but no dvc/prefect/mlflow). For that image, which runs a checkout
-without `pip install -e .`, vaegan and the optional packages are imported inside the functions that
-use them, after `main` has put src/ on sys.path.
+the reason (the GPU image has torch but no dvc/prefect/mlflow; onnxruntime may be missing too).
 """
 
 from __future__ import annotations
@@ -29,10 +27,24 @@ from typing import Any
 import numpy
 import torch
 
-from bench import turns
+from bench import orchestration, turns
+from bench.fid import PLAIN_BATCH, measure_fid
 from bench.figures import ratio, skipped, summary
 from bench.report import render
 from bench.training import EPOCH_IMAGES, PROJECT_VARIANTS
+from vaegan.artifacts.atomic_io import write_json, write_text
+from vaegan.config import EvaluateConfig
+from vaegan.nn.devices import cpu_model, native_bf16, select_device
+
+try:
+    from bench import inference
+except ImportError as missing:  # the inference section is skipped, with the reason
+    inference = None
+    NO_INFERENCE = (
+        "onnxruntime is not installed"
+        if missing.name == "onnxruntime"
+        else f"cannot import the inference bench: {missing}"
+    )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "fid", "inference", "orchestration")
@@ -63,8 +75,6 @@ GPU_FAST = "project_bf16_graph"
 def plan_for(quick: bool, device_type: str) -> Plan:
     """The sizes for this device; CPU sizes keep the full bench under 10 minutes on 2 cores."""
     cuda = device_type == "cuda"
-    from vaegan.nn.devices import native_bf16  # src/ is on sys.path from main()
-
     if cuda:
         impls: tuple[str, ...] = (GPU_FAST, "project", "textbook")
     elif native_bf16(torch.device("cpu")):  # `train.precision: auto` trains in bf16 here
@@ -95,8 +105,6 @@ def device_name(device: Any) -> str:
     if device.type == "cuda":
         label = torch.cuda.get_device_name(device)
     else:
-        from vaegan.nn.devices import cpu_model  # src/ is on sys.path from main()
-
         label = f"cpu-{os.cpu_count()}core-{cpu_model()}"
     return re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-").lower()
 
@@ -230,9 +238,6 @@ def _ratios(raws: dict[str, dict[str, Any]], paired: bool) -> dict[str, float]:
 
 def run_fid(plan: Plan, device: Any) -> dict[str, Any]:
     """FID on plan.fid_samples samples, project vs plain."""
-    from bench.fid import PLAIN_BATCH, measure_fid  # imports vaegan: src/ is on sys.path from main()
-    from vaegan.config import EvaluateConfig
-
     batch = EvaluateConfig().batch_size
     _log(f"FID on {plan.fid_samples} samples")
     with warnings.catch_warnings():
@@ -262,14 +267,12 @@ def run_fid(plan: Plan, device: Any) -> dict[str, Any]:
 
 def run_inference(plan: Plan, device: Any) -> dict[str, Any]:
     """ORT vs eager latency and throughput per (network, batch)."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return skipped("onnxruntime is not installed")
-    from bench.inference import measure_inference
-
+    if inference is None:
+        return skipped(NO_INFERENCE)
     _log("inference: ONNX export and ORT vs eager")
-    raw = measure_inference(batches=plan.inference_batches, calls=plan.inference_calls, device=device)
+    raw = inference.measure_inference(
+        batches=plan.inference_batches, calls=plan.inference_calls, device=device
+    )
     results = []
     for key, times in raw["times"].items():
         network, batch = key.split("/")[0], times["batch"]
@@ -291,10 +294,6 @@ def run_inference(plan: Plan, device: Any) -> dict[str, Any]:
 
 def run_orchestration(plan: Plan, pipeline_dir: Path | None, quick: bool) -> dict[str, Any]:
     """`vaegan --help`, a no-op `dvc repro`, a cached retrain flow (each skipped, with why, if impossible)."""
-    try:
-        from bench import orchestration as O
-    except ImportError as exc:
-        return skipped(f"cannot import the orchestration bench: {exc}")
 
     def figure(raw: dict[str, Any], reference_command: str | None) -> dict[str, Any]:
         if "skipped" in raw:
@@ -307,14 +306,16 @@ def run_orchestration(plan: Plan, pipeline_dir: Path | None, quick: bool) -> dic
 
     repeats = plan.orchestration_repeats
     _log("orchestration: vaegan --help")
-    section = {"vaegan_help": figure(O.measure_cli_help(repeats), "python -c pass")}
+    section = {"vaegan_help": figure(orchestration.measure_cli_help(repeats), "python -c pass")}
     _log("orchestration: dvc repro no-op")
-    section["dvc_repro_noop"] = figure(O.measure_dvc_noop(repeats), "dvc --version")
+    section["dvc_repro_noop"] = figure(orchestration.measure_dvc_noop(repeats), "dvc --version")
     if quick and pipeline_dir is None:
         section["retrain_cached"] = skipped("quick mode")
     else:
         _log("orchestration: cached retrain flow")
-        section["retrain_cached"] = figure(O.measure_cached_retrain(pipeline_dir, min(repeats, 2)), None)
+        section["retrain_cached"] = figure(
+            orchestration.measure_cached_retrain(pipeline_dir, min(repeats, 2)), None
+        )
     return section
 
 
@@ -418,11 +419,6 @@ def main(argv: list[str] | None = None) -> int:
         help="an up-to-date pipeline workspace to time a cached retrain flow in (else it is skipped)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if str(REPO_ROOT / "src") not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT / "src"))  # a checkout without `pip install -e .` (the GPU image)
-    from vaegan.artifacts.atomic_io import write_json, write_text
-    from vaegan.nn.devices import cpu_model, select_device
-
     device = select_device("auto")
     plan = _overridden(plan_for(args.quick, device.type), args)
     sections = args.only or list(SECTIONS)

@@ -28,9 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
+from bench.data import real_images
 from bench.device_sync import sync_device
 from bench.turns import Turns
+from vaegan.config import Config, build_config
+from vaegan.nn.devices import select_device
+from vaegan.nn.loop import fit_vaegan
+from vaegan.nn.networks import build_model, model_args_for
 
 EPOCH_IMAGES = 60_000
 
@@ -76,34 +82,24 @@ class _WindowObserver:
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run the project's loop: `train.*` params, plus backend switches that are not (yet)
-    params and that the bench measures before any of them becomes one."""
+    """One way to run the project's loop: the `train.*` params it runs with."""
 
     train: dict[str, Any] = field(default_factory=dict)
-    cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark: cuDNN times its algorithms once
-    cudagraphs: bool = False  # inductor's CUDA graphs (what torch.compile's "reduce-overhead" turns on)
-    # Compiled autograd: each of the step's backward passes traced at run time (the eager forward's
-    # autograd graph, only the nodes that pass runs) and compiled by inductor.
-    compiled_autograd: bool = False
 
-    def settings(self, config: Any) -> dict[str, Any]:
+    def settings(self, config: Config) -> dict[str, Any]:
         """What the JSON records of this variant: the train.* values `config` (its config) ran with."""
         train = config.train
         return {
             "precision": train.precision, "compile": train.compile, "channels_last": train.channels_last,
-            "d_pass": train.d_pass, "cuda_graph": train.cuda_graph, "cudnn_benchmark": self.cudnn_benchmark,
-            "cudagraphs": self.cudagraphs, "compiled_autograd": self.compiled_autograd,
-            "data": "on the device",
+            "d_pass": train.d_pass, "cuda_graph": train.cuda_graph, "data": "on the device",
         }  # fmt: skip
 
 
 def variant_config(
     variant: Variant, *, preset: str, batch: int, device: torch.device, schedule: Schedule
-) -> Any:
-    """The `vaegan.config.Config` the bench trains with: the preset, `schedule.total_steps` steps logged
-    once a window, no checkpoints, the variant's train.* params."""
-    from vaegan.config import build_config
-
+) -> Config:
+    """The config the bench trains with: the preset, `schedule.total_steps` steps logged once a
+    window, no checkpoints, the variant's train.* params."""
     train = {
         "batch_size": batch, "epochs": 1000, "max_steps": schedule.total_steps,
         "log_every": schedule.window_steps, "checkpoint_every": schedule.total_steps + 1,
@@ -112,65 +108,19 @@ def variant_config(
     return build_config({"model": {"preset": preset}, "train": train})
 
 
-def apply_backend(variant: Variant) -> None:
-    """Set the variant's backend switches in this process (each implementation has its own)."""
-    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
-    if variant.cudagraphs:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.triton.cudagraphs = True
-        _mark_each_step()
-    if variant.compiled_autograd:
-        _compile_backward_passes()
-
-
-def _mark_each_step() -> None:
-    """CUDA graph trees need to know where a step begins (outputs of the last replay are
-    overwritten by the next): wrap the loop's `train_step` so that each step marks it."""
-    import vaegan.nn.loop as loop
-
-    step = loop.train_step
-
-    def marked(*args: Any, **kwargs: Any) -> torch.Tensor:
-        torch.compiler.cudagraph_mark_step_begin()
-        return step(*args, **kwargs)
-
-    loop.train_step = marked
-
-
-def _compile_backward_passes() -> None:
-    """Run the step's `backward_passes` under compiled autograd (inductor, static shapes)."""
-    import torch._dynamo.compiled_autograd as compiled_autograd
-
-    import vaegan.nn.step as step
-
-    passes = step.backward_passes
-    compiler = torch.compile(backend="inductor", dynamic=False)
-
-    def compiled(*args: Any, **kwargs: Any) -> None:
-        with compiled_autograd._enable(compiler, dynamic=False):
-            passes(*args, **kwargs)
-
-    step.backward_passes = compiled
-
-
 def project_throughput(
     *,
     batch: int,
     images: np.ndarray,
     device: torch.device,
     schedule: Schedule,
-    variant: Variant,
-    config: Any,
+    config: Config,
     turns: Turns | None = None,
 ) -> list[float]:
-    """Images/s of each timed window of `fit_vaegan` trained with `config` (the variant's
+    """Images/s of each timed window of `fit_vaegan` trained with `config` (a variant's
     `variant_config`; the warm-up windows are dropped); with
     `turns`, training starts when the token arrives and the token moves on after each window but
     the last (the process passes it on by exiting)."""
-    from vaegan.nn.loop import fit_vaegan
-
-    apply_backend(variant)
     observer = _WindowObserver(schedule, batch, turns)
     if turns is not None:
         turns.wait()
@@ -181,8 +131,6 @@ def project_throughput(
 def textbook_step(preset: str, device: torch.device) -> Callable[[torch.Tensor], list[float]]:
     """One step of the plain PyTorch loop described in the module docstring, on a batch already on
     `device`; returns the five losses as floats (the `.item()` calls of the usual logging)."""
-    from vaegan.nn.networks import build_model, model_args_for
-
     torch.manual_seed(0)
     model = build_model(model_args_for(preset)).to(device).train()
     enc, dec, dis = model.encoder, model.decoder, model.discriminator
@@ -232,8 +180,6 @@ def textbook_throughput(
 ) -> list[float]:  # fmt: skip
     """Images/s of each timed window of `textbook_step` over a DataLoader; with `turns`, each window
     is timed while this process holds the token."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     step = textbook_step(preset, device)
     dataset = TensorDataset(torch.from_numpy(images).float().div(255.0).unsqueeze(1))
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
@@ -262,9 +208,6 @@ def measure(
     num_images: int = EPOCH_IMAGES, turns: Turns | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run one implementation in this process; throughput windows and this process's peak memory."""
-    from bench.data import real_images
-    from vaegan.nn.devices import select_device
-
     device = select_device(device_name)
     images, source = real_images("train", num_images)
     if device.type == "cuda":
@@ -281,9 +224,8 @@ def measure(
         config = variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
         settings = variant.settings(config)
         rates = project_throughput(
-            batch=batch, images=images, device=device, schedule=schedule, turns=turns, variant=variant,
-            config=config,
-        )  # fmt: skip
+            batch=batch, images=images, device=device, schedule=schedule, turns=turns, config=config
+        )
     wall = time.perf_counter() - started
     return {
         "impl": impl,
@@ -306,7 +248,9 @@ def measure(
 
 
 # The project's settings per variant. Each names its memory format: the config's default is
-# channels_last, and `project` keeps the plain NCHW fp32 eager step it always measured.
+# channels_last, and `project` keeps the plain NCHW fp32 eager step it always measured. The levers
+# that were measured and not kept (cudnn.benchmark, inductor's CUDA graphs, compiled autograd) have
+# their figures in docs/performance.md.
 _NCHW, _CL = {"channels_last": False}, {"channels_last": True}
 _BF16 = {"precision": "bf16", **_NCHW}
 _BF16_CL = {"precision": "bf16", **_CL}
@@ -317,15 +261,7 @@ PROJECT_VARIANTS: dict[str, Variant] = {
     "project_compiled": Variant({"precision": "fp32", "compile": True, **_NCHW}),
     "project_bf16_compiled": Variant({**_BF16, "compile": True}),
     "project_bf16_compiled_cl": Variant({**_BF16_CL, "compile": True}),
-    "project_bf16_cl_compiled_autograd": Variant(_BF16_CL, compiled_autograd=True),  # CPU lever, session 10
-    # GPU levers (session 9; channels_last, as they were measured)
-    "project_bf16_fused": Variant({**_BF16_CL, "d_pass": "fused"}),
-    "project_bf16_cudnn": Variant(_BF16_CL, cudnn_benchmark=True),
-    "project_bf16_fused_cudnn": Variant({**_BF16_CL, "d_pass": "fused"}, cudnn_benchmark=True),
-    "project_bf16_compiled_cudnn": Variant({**_BF16_CL, "compile": True}, cudnn_benchmark=True),
-    "project_bf16_compiled_graphs": Variant(
-        {**_BF16_CL, "compile": True}, cudnn_benchmark=True, cudagraphs=True
-    ),
+    "project_bf16_fused": Variant({**_BF16_CL, "d_pass": "fused"}),  # GPU lever (session 9, channels_last)
     # the whole step as one CUDA graph (train.cuda_graph), channels_last like profiles/full.yaml
     "project_graph": Variant({"precision": "fp32", "cuda_graph": True, **_CL}),
     "project_bf16_graph": Variant({**_BF16_CL, "cuda_graph": True}),

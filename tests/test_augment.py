@@ -14,10 +14,12 @@ import torch
 from tests.conftest import TinyConfig
 from vaegan.nn import augment as aug
 from vaegan.nn import devices
+from vaegan.nn.batches import Batches
 from vaegan.nn.checkpoint_payload import model_from_checkpoint, model_payload
 from vaegan.nn.distributed import Distributed
-from vaegan.nn.loop import Batches, Plan, fit_vaegan
+from vaegan.nn.loop import fit_vaegan
 from vaegan.nn.networks import PRESETS, ModelArgs, build_model, model_args_for
+from vaegan.nn.plan import Plan
 from vaegan.nn.step import LossSettings, vaegan_objectives
 
 

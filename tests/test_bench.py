@@ -324,14 +324,14 @@ def test_targets_compare_each_figure_with_its_threshold(monkeypatch: pytest.Monk
 def test_quality_screen_scores_every_variant_and_seed(
     tmp_path: Path, tiny_config: TinyConfig, trained_evaluator: Path
 ) -> None:
-    """`bench.quality`: each (variant, seed) job trains, fits the prior and scores like the stages;
+    """`bench.lab.quality`: each (variant, seed) job trains, fits the prior and scores like the stages;
     the variant's overrides reach the training; one JSON line per job, the table, the samples."""
     config = tiny_config(evaluator={"path": str(trained_evaluator)}, train={"prior_components": 3})
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(config.to_dict()))
     out = tmp_path / "quality"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.quality", "--params", str(params), "--out", str(out),
+        [sys.executable, "-m", "bench.lab.quality", "--params", str(params), "--out", str(out),
          "--seeds", "0", "1", "--threads", "1", "--variant", "base",
          "--variant", "cutout:train.augment=translation_cutout",
          "--variant", "broken:train.batch_size=100000"],
@@ -369,12 +369,12 @@ def test_quality_screen_scores_every_variant_and_seed(
 
 def _profile_step(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")])}
-    cmd = [sys.executable, "-m", "bench.profile_step", *args]
+    cmd = [sys.executable, "-m", "bench.lab.profile_step", *args]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_step_profile_times_the_loop_step_and_names_where_the_time_went(tmp_path: Path) -> None:
-    """`python -m bench.profile_step` on CPU: the timed steps give the images/s, the profiled ones the
+    """`python -m bench.lab.profile_step` on CPU: the timed steps give the images/s, the profiled ones the
     top operators (the convolutions' backward among them); kernel figures exist only on a GPU."""
     out = tmp_path / "profile.json"
     done = _profile_step(
@@ -426,9 +426,9 @@ def test_step_profile_refuses_a_cuda_graph_on_a_cpu() -> None:
 
 @pytest.mark.parametrize("way", ["space_to_depth", "unfold"])
 def test_strided_convolution_reformulations_are_the_same_function(way: str) -> None:
-    """bench.conv_layers times k4 s2 p1 convolutions computed another way; in float64 they agree with
+    """bench.lab.conv_layers times k4 s2 p1 convolutions computed another way; in float64 they agree with
     F.conv2d, gradients included, for one and for several input channels."""
-    from bench import conv_layers
+    from bench.lab import conv_layers
 
     generator = torch.Generator().manual_seed(0)
     for in_channels in (1, 3):
@@ -446,7 +446,7 @@ def test_strided_convolution_reformulations_are_the_same_function(way: str) -> N
 
 
 def test_sub_pixel_convolution_is_the_transposed_convolution() -> None:
-    from bench import conv_layers
+    from bench.lab import conv_layers
 
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64, generator=generator)
@@ -462,7 +462,7 @@ def test_sub_pixel_convolution_is_the_transposed_convolution() -> None:
 def test_conv_layer_bench_times_every_layer_of_the_preset(tmp_path: Path) -> None:
     out = tmp_path / "layers.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")])}
-    cmd = [sys.executable, "-m", "bench.conv_layers", "--rows", "4", "--repeats", "1", "--device", "cpu",
+    cmd = [sys.executable, "-m", "bench.lab.conv_layers", "--rows", "4", "--repeats", "1", "--device", "cpu",
            "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -16,8 +16,9 @@ import torch
 from bench.data import real_images
 from vaegan.config import Config, build_config
 from vaegan.errors import ConfigError
-from vaegan.nn.loop import TrainResult, adam_optimizers, fit_vaegan, graph_ready_groups, initial_model
+from vaegan.nn.loop import TrainResult, fit_vaegan
 from vaegan.nn.networks import model_args_for
+from vaegan.nn.training_networks import adam_optimizers, graph_ready_groups, initial_model
 
 
 def _images(count: int) -> np.ndarray:

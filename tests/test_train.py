@@ -16,9 +16,10 @@ from conftest import TinyConfig
 from vaegan.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from vaegan.cli import main
 from vaegan.nn.checkpoint_payload import load_model
-from vaegan.nn.loop import HISTORY_COLUMNS, initial_model
+from vaegan.nn.loop import HISTORY_COLUMNS
 from vaegan.nn.networks import model_args_for
 from vaegan.nn.step import VAEGAN_METRICS
+from vaegan.nn.training_networks import initial_model
 
 
 def write_params(tiny_config: TinyConfig, tmp_path: Path, **sections: dict) -> Path:

@@ -14,6 +14,8 @@ import io
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,16 @@ from vaegan.config import Config
 from vaegan.data.splits import data_sha256, load_split
 from vaegan.errors import CheckpointError, TrainingError
 from vaegan.nn import distributed
+from vaegan.nn.batches import images_to_device
 from vaegan.nn.checkpoint_payload import final_model_payload, model_from_checkpoint, prior_payload
 from vaegan.nn.cuda_graph import check_graphable
 from vaegan.nn.devices import select_device, training_environment
 from vaegan.nn.distributed import Distributed
 from vaegan.nn.latent_prior import check_prior_components, fit_trained_prior
-from vaegan.nn.loop import HISTORY_COLUMNS, fit_vaegan, images_to_device, target_steps
-from vaegan.nn.resume import decide_resume, resume_key
+from vaegan.nn.loop import HISTORY_COLUMNS, TrainResult, fit_vaegan
+from vaegan.nn.networks import VAEGAN
+from vaegan.nn.plan import target_steps
+from vaegan.nn.resume import ResumeDecision, decide_resume, resume_key
 from vaegan.tracking.training_run import TrainingRun
 
 log = logging.getLogger(__name__)
@@ -68,11 +73,12 @@ class _StageObserver:
         save_checkpoint(self.checkpoint_path, payload)
 
 
-def with_fitted_prior(config: Config, payload: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
-    """The finished checkpoint with `train.prior` fitted to its encoder's means of `images` (on CPU:
-    the same prior for the same weights wherever it trained) and the fit's log-likelihood in its
-    final metrics."""
-    model = model_from_checkpoint(payload)
+def with_fitted_prior(
+    config: Config, payload: dict[str, Any], model: VAEGAN, images: np.ndarray
+) -> dict[str, Any]:
+    """The finished checkpoint with `train.prior` fitted to the encoder means of `images` under
+    `model` (the checkpoint's model, on CPU: the same prior for the same weights wherever it
+    trained) and the fit's log-likelihood in its final metrics."""
     x = images_to_device(images, torch.device("cpu"), channels_last=False)
     prior, log_likelihood, count = fit_trained_prior(model.encoder, x, config.train)
     log.info("latent prior: %s, %d component(s), fitted to %d codes", prior.kind, prior.components, count)
@@ -85,10 +91,10 @@ def with_fitted_prior(config: Config, payload: dict[str, Any], images: np.ndarra
     }
 
 
-def write_outputs(config: Config, payload: dict[str, Any], images: np.ndarray) -> None:
+def write_outputs(config: Config, payload: dict[str, Any], model: VAEGAN, images: np.ndarray) -> None:
     """Write train.model_path (with the latent prior fitted to the training `images`),
-    train.metrics_path and train.history_path from a finished checkpoint."""
-    payload = with_fitted_prior(config, payload, images)
+    train.metrics_path and train.history_path from a finished checkpoint and its model."""
+    payload = with_fitted_prior(config, payload, model, images)
     state = payload["state"]
     save_checkpoint(config.train.model_path, final_model_payload(payload))
     # The run id links `dvc exp show` / `dvc metrics show` to the MLflow run.
@@ -148,39 +154,91 @@ def _open_tracking(
     return tracker
 
 
-def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
+def _training_images(config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The training split's images (the first train.limit_train_images when set) and the
+    validation split's."""
     prepared = config.data.prepared_dir
-    train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")
-    images = train_split.images
+    images = load_split(prepared, "train").images
     if config.train.limit_train_images:
         images = images[: config.train.limit_train_images]
-    check_prior_components(config.train, len(images))  # before the run opens: the fit comes last
-    sha = data_sha256(prepared)
-    key = resume_key(config, sha, ctx.world_size)
-    total = target_steps(len(images), config, ctx.world_size)
-    checkpoint_path = Path(config.train.checkpoint_dir) / "last.pt"
+    return images, load_split(prepared, "val").images
+
+
+def _resume_decision(
+    config: Config, ctx: Distributed, key: dict[str, Any], total_steps: int, checkpoint_path: Path
+) -> tuple[ResumeDecision, dict[str, Any] | None]:
+    """What to do with the checkpoint at `checkpoint_path`, and that checkpoint (None when there is
+    none or it is not read); rank 0 logs the reason and sets aside an unfinished run replaced."""
     existing = _resumable_checkpoint(checkpoint_path, config.train.resume)
-    decision = decide_resume(
-        existing["state"] if existing else None, key, total, config.train.resume, str(checkpoint_path)
-    )
+    state = existing["state"] if existing else None
+    decision = decide_resume(state, key, total_steps, config.train.resume, str(checkpoint_path))
     if ctx.is_main:
         log.info("%s", decision.reason)
         if decision.set_aside is not None:
             os.replace(checkpoint_path, decision.set_aside)
-    if decision.action == "complete":
-        assert existing is not None
-        if ctx.is_main:
-            write_outputs(config, existing, images)
-            log.info("outputs rewritten from the finished checkpoint: %s", config.train.model_path)
-        return 0
-    resume = existing if decision.action == "resume" else None
-    provenance: dict[str, Any] = {
+    return decision, existing
+
+
+def _provenance(sha: str, key: dict[str, Any], device: torch.device, precision: str) -> dict[str, Any]:
+    """What every checkpoint of this training records of where it came from (the MLflow run id
+    is filled in when the run opens)."""
+    return {
         "data_sha256": sha,
         "git_commit": git_commit(),
         "resume_key": key,
         "mlflow_run_id": None,
-        "environment": training_environment(device, config.train.precision),
+        "environment": training_environment(device, precision),
     }
+
+
+@contextmanager
+def _failures_end_the_run(tracker: TrainingRun | None, checkpoint_path: Path) -> Iterator[None]:
+    """End the MLflow run of a training that fails: FAILED for a TrainingError (raised again with
+    the last good checkpoint named), KILLED for anything else (an interrupt, a crash)."""
+    try:
+        yield
+    except TrainingError as exc:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        kept = f"; last good checkpoint kept: {checkpoint_path}" if checkpoint_path.exists() else ""
+        raise TrainingError(f"{exc}{kept}") from exc
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("KILLED")
+        raise
+
+
+def _finish_run(config: Config, result: TrainResult, images: np.ndarray, tracker: TrainingRun) -> None:
+    """Rank 0's end of a training: the output files, the final metrics in MLflow, the run closed."""
+    write_outputs(config, result.payload, result.model, images)
+    numbers = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    tracker.log_metrics(numbers, result.metrics["steps"], "final")
+    tracker.finish("FINISHED")
+    log.info(
+        "done: %d steps, %.1f images/s, model %s, metrics %s",
+        result.metrics["steps"],
+        result.metrics["images_per_s"],
+        config.train.model_path,
+        config.train.metrics_path,
+    )
+
+
+def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
+    images, val_images = _training_images(config)
+    check_prior_components(config.train, len(images))  # before the run opens: the fit comes last
+    sha = data_sha256(config.data.prepared_dir)
+    key = resume_key(config, sha, ctx.world_size)
+    total = target_steps(len(images), config, ctx.world_size)
+    checkpoint_path = Path(config.train.checkpoint_dir) / "last.pt"
+    decision, existing = _resume_decision(config, ctx, key, total, checkpoint_path)
+    if decision.action == "complete":
+        assert existing is not None
+        if ctx.is_main:
+            write_outputs(config, existing, model_from_checkpoint(existing), images)
+            log.info("outputs rewritten from the finished checkpoint: %s", config.train.model_path)
+        return 0
+    resume = existing if decision.action == "resume" else None
+    provenance = _provenance(sha, key, device, config.train.precision)
     tracker = _open_tracking(config, ctx, device, provenance, resume) if ctx.is_main else None
     log.info(
         "training %s (%s) on %s: %d images, %d steps, rank %d/%d",
@@ -193,11 +251,11 @@ def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
         ctx.world_size,
     )
     observer = _StageObserver(checkpoint_path, tracker) if tracker is not None else None
-    try:
+    with _failures_end_the_run(tracker, checkpoint_path):
         result = fit_vaegan(
             config=config,
             train_images=images,
-            val_images=val_split.images,
+            val_images=val_images,
             device=device,
             dist_ctx=ctx,
             resume=resume,
@@ -205,29 +263,6 @@ def _run(config: Config, ctx: Distributed, device: torch.device) -> int:
             observer=observer,
             progress=sys.stderr.isatty(),
         )
-    except TrainingError as exc:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        kept = f"; last good checkpoint kept: {checkpoint_path}" if checkpoint_path.exists() else ""
-        raise TrainingError(f"{exc}{kept}") from exc
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("KILLED")
-        raise
-    if ctx.is_main:
-        assert tracker is not None
-        write_outputs(config, result.payload, images)
-        tracker.log_metrics(
-            {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-            result.metrics["steps"],
-            "final",
-        )
-        tracker.finish("FINISHED")
-        log.info(
-            "done: %d steps, %.1f images/s, model %s, metrics %s",
-            result.metrics["steps"],
-            result.metrics["images_per_s"],
-            config.train.model_path,
-            config.train.metrics_path,
-        )
+    if tracker is not None:
+        _finish_run(config, result, images, tracker)
     return 0

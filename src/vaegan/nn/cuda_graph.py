@@ -2,7 +2,7 @@
 
 On an H100 the default preset's eager step is bound by the host, not by the GPU: about 620 kernel
 launches a step, 17.5 ms of wall time against 9.8 ms of kernel time at batch 1024 and 14.9 ms
-against 3.8 ms at batch 256 (`bench.profile_step`, docs/performance.md). PyTorch's whole-network
+against 3.8 ms at batch 256 (`bench.lab.profile_step`, docs/performance.md). PyTorch's whole-network
 capture (`torch.cuda.graph`) records `train_step` - the forward pass, the three backward passes and
 the three Adam steps - once; every later step is one replay after its batch is copied into the
 graph's static inputs.
@@ -15,7 +15,8 @@ What capture needs, and where it is arranged:
 - no host sync inside the step: `train_step` has none unless equilibrium gating is on, and the
   config refuses that pair (also compile and augmentation: `vaegan.config`);
 - Adam with `capturable=True` and its learning rate as a tensor on the device
-  (`vaegan.nn.loop.adam_optimizers`), so that the lr schedule's in-place updates reach the replays;
+  (`vaegan.nn.training_networks.adam_optimizers`), so that the lr schedule's in-place updates
+  reach the replays;
 - the same input addresses on every replay: x, eps and z_prior are copied into static tensors;
 - one process: an all-reduce inside a capture needs more than this does (`check_graphable`).
 """

@@ -15,6 +15,7 @@ seeded with the given seed, and the work is batched under `torch.no_grad()` on t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,71 @@ def _generated(
     return fake, np.concatenate(kept)[:NUM_EXAMPLES]
 
 
+@dataclass
+class _TestPass:
+    """What one pass over the test split gathers: features and labels of the real images and of
+    their reconstructions, the summed reconstruction errors, KL terms, encoder means and the
+    quantised reconstructions."""
+
+    real: _Features = field(default_factory=_Features)
+    recon: _Features = field(default_factory=_Features)
+    sq_err: float = 0.0
+    bce: float = 0.0
+    kl_parts: list[np.ndarray] = field(default_factory=list)
+    mu_parts: list[np.ndarray] = field(default_factory=list)
+    recon_images: list[np.ndarray] = field(default_factory=list)
+
+
+def _test_pass(
+    autoencoder: Autoencoder, test: Split, *, evaluator: LeNet, extractor: FeatureFn | None, batch_size: int,
+    device: torch.device,
+) -> _TestPass:  # fmt: skip
+    """Reconstruct the test split batch by batch (from the posterior mean) and gather `_TestPass`."""
+    tested = _TestPass()
+    x_all = images_to_tensor(test.images)  # (N, 1, 28, 28) in [0, 1], exactly the 8-bit data
+    for start in range(0, len(test), batch_size):
+        x = x_all[start : start + batch_size].to(device)
+        mu, logvar, probs = autoencoder.reconstruct(x)  # reconstructions from the posterior mean
+        probs = probs.to(device)
+        tested.sq_err += float(((probs - x) ** 2).sum())
+        tested.bce += float(F.binary_cross_entropy(probs.float(), x, reduction="sum"))  # log clamped at -100
+        tested.kl_parts.append(M.gaussian_kl(mu.cpu().numpy(), logvar.cpu().numpy()))
+        tested.mu_parts.append(mu.float().cpu().numpy())
+        x_hat = quantise(probs)
+        tested.recon_images.append(x_hat[:, 0].cpu().numpy())
+        tested.real.add(x, evaluator, extractor)
+        tested.recon.add(x_hat, evaluator, extractor)
+    return tested
+
+
+def _real_features(
+    split: Split, *, evaluator: LeNet, extractor: FeatureFn | None, batch_size: int, device: torch.device
+) -> _Features:
+    """Features and labels of a split's real images."""
+    features = _Features()
+    x_all = images_to_tensor(split.images)
+    for start in range(0, len(split), batch_size):
+        features.add(x_all[start : start + batch_size].to(device), evaluator, extractor)
+    return features
+
+
+def _prior_fids(
+    autoencoder: Autoencoder,
+    fid: float,
+    real_f: np.ndarray,
+    draw: Callable[..., tuple[_Features, np.ndarray]],
+) -> tuple[str, float | None]:
+    """(the model's latent prior, FID of the same networks sampled from N(0, I)): a PyTorch model's
+    own; ONNX graphs carry no prior of their own ("standard", None)."""
+    if not isinstance(autoencoder, TorchAutoencoder):
+        return "standard", None
+    prior = autoencoder.model.prior.kind
+    if prior == "standard":
+        return prior, fid
+    standard, _ = draw(autoencoder.generate_standard)
+    return prior, _fid(real_f, standard.arrays()[0])
+
+
 @torch.no_grad()
 def evaluate_model(
     *,
@@ -167,63 +233,42 @@ def evaluate_model(
     device = torch.device(device)
     autoencoder = TorchAutoencoder(model, device) if isinstance(model, VAEGAN) else model
     evaluator = evaluator.eval().to(device)
-    real, recon, floor_set = _Features(), _Features(), _Features()
-    sq_err = bce = 0.0
-    kl_parts, mu_parts, recon_images = [], [], []
-    x_all = images_to_tensor(test.images)  # (N, 1, 28, 28) in [0, 1], exactly the 8-bit data
-    for start in range(0, len(test), batch_size):
-        x = x_all[start : start + batch_size].to(device)
-        mu, logvar, probs = autoencoder.reconstruct(x)  # reconstructions from the posterior mean
-        probs = probs.to(device)
-        sq_err += float(((probs - x) ** 2).sum())
-        bce += float(F.binary_cross_entropy(probs.float(), x, reduction="sum"))  # log clamped at -100
-        kl_parts.append(M.gaussian_kl(mu.cpu().numpy(), logvar.cpu().numpy()))
-        mu_parts.append(mu.float().cpu().numpy())
-        x_hat = quantise(probs)
-        recon_images.append(x_hat[:, 0].cpu().numpy())
-        real.add(x, evaluator, feature_extractor)
-        recon.add(x_hat, evaluator, feature_extractor)
-    x_floor = images_to_tensor(floor.images)  # real vs real: the FID of a perfect model at this N
-    for start in range(0, len(floor), batch_size):
-        floor_set.add(x_floor[start : start + batch_size].to(device), evaluator, feature_extractor)
-
-    def draw(generate: Callable[[torch.Tensor], torch.Tensor]) -> tuple[_Features, np.ndarray]:
-        return _generated(
-            generate, num_samples=num_samples, seed=seed, latent_dim=autoencoder.latent_dim,
-            batch_size=batch_size, evaluator=evaluator, extractor=feature_extractor, device=device,
-        )  # fmt: skip
-
+    extractor = feature_extractor
+    tested = _test_pass(
+        autoencoder, test, evaluator=evaluator, extractor=extractor, batch_size=batch_size, device=device
+    )
+    # real vs real: the FID of a perfect model at this N
+    floor_set = _real_features(
+        floor, evaluator=evaluator, extractor=extractor, batch_size=batch_size, device=device
+    )
+    draw = functools.partial(
+        _generated, num_samples=num_samples, seed=seed, latent_dim=autoencoder.latent_dim,
+        batch_size=batch_size, evaluator=evaluator, extractor=extractor, device=device,
+    )  # fmt: skip
     fake, kept = draw(autoencoder.generate)
 
-    real_f, real_labels = real.arrays()
-    recon_f, recon_labels = recon.arrays()
+    real_f, real_labels = tested.real.arrays()
+    recon_f, recon_labels = tested.recon.arrays()
     floor_f, _ = floor_set.arrays()
     fake_f, fake_labels = fake.arrays()
     originals = test.images.astype(np.float64) / 255.0
-    reconstructions = np.concatenate(recon_images).astype(np.float64)
+    reconstructions = np.concatenate(tested.recon_images).astype(np.float64)
     precision, recall = M.precision_recall(real_f, fake_f, k=precision_recall_k)
     test_labels = test.labels.astype(np.int64)
     num_pixels = originals[0].size
     fid = _fid(real_f, fake_f)
-    prior = "standard"
-    fid_standard: float | None = None  # the same networks sampled from N(0, I); not in ONNX graphs
-    if isinstance(autoencoder, TorchAutoencoder):
-        prior = autoencoder.model.prior.kind
-        fid_standard = fid
-        if prior != "standard":
-            standard, _ = draw(autoencoder.generate_standard)
-            fid_standard = _fid(real_f, standard.arrays()[0])
+    prior, fid_standard = _prior_fids(autoencoder, fid, real_f, draw)
     values: dict[str, Any] = {
         "fid": fid,
         "fid_standard_prior": fid_standard,
         "prior": prior,
         "fid_recon": _fid(real_f, recon_f),
         "fid_floor": _fid(floor_f, real_f),
-        "recon_mse": sq_err / (len(test) * num_pixels),
-        "recon_bce": bce / len(test),
+        "recon_mse": tested.sq_err / (len(test) * num_pixels),
+        "recon_bce": tested.bce / len(test),
         "psnr": M.psnr(originals, reconstructions),
         "ssim": M.ssim(originals, reconstructions),
-        "kl": float(np.concatenate(kl_parts).mean()),
+        "kl": float(np.concatenate(tested.kl_parts).mean()),
         "precision": precision,
         "recall": recall,
         "evaluator_test_accuracy": float((real_labels == test_labels).mean()),
@@ -240,7 +285,7 @@ def evaluate_model(
     return Evaluation(
         metrics=values,
         samples=kept,
-        test_mu=np.concatenate(mu_parts),
+        test_mu=np.concatenate(tested.mu_parts),
         sample_class_counts=np.bincount(fake_labels, minlength=10),
         test_class_counts=np.bincount(test_labels, minlength=10),
     )

@@ -1,6 +1,6 @@
-"""`python -m bench.merge A.json B.json ... [--out DIR]`: one results file from bench parts run apart.
+"""`python -m bench.lab.merge A.json B.json ... [--out DIR]`: one results file from bench parts run apart.
 
-`bench/gpu.sh` runs the bench in time-boxed parts (a part cut short loses only itself). This merges
+`bench/lab/gpu.sh` runs the bench in time-boxed parts (a part cut short loses only itself). This merges
 their sections into one `<device>.json` + `.md`: the first part's header, every section present,
 and the training configs of all parts, joined per (preset, batch). Each ratio stays the one its
 part measured against its own textbook run; the textbook shown is the first part's.
@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.report import render
 from bench.run import REPO_ROOT, SECTIONS, check_targets
+from vaegan.artifacts.atomic_io import write_json, write_text
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -57,11 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         merged = merge([json.loads(path.read_text(encoding="utf-8")) for path in args.parts])
     except (OSError, ValueError, KeyError) as exc:
-        print(f"bench.merge: {exc}", file=sys.stderr)
+        print(f"bench.lab.merge: {exc}", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(REPO_ROOT / "src"))
-    from vaegan.artifacts.atomic_io import write_json, write_text
-
     path = args.out / f"{merged['device']}.json"
     write_json(path, merged)
     table = render(merged)

@@ -1,4 +1,4 @@
-"""`python -m bench.quality`: sample quality of training variants x seeds on the device present.
+"""`python -m bench.lab.quality`: sample quality of training variants x seeds on the device present.
 
 Each job trains one variant (params overrides on top of params.yaml) with one `train.seed` through
 the project's own code, exactly as `vaegan train` and `vaegan evaluate` do it but without files or
@@ -14,7 +14,7 @@ appends one JSON line to `<out>/quality.jsonl` at once (a run cut short keeps wh
 at the end `<out>/quality.json` holds every job, the table per variant (median and worst seed) and
 `<out>/samples.npz` the first 100 prior samples of each job.
 
-    python -m bench.quality --seeds 0 1 2 --variant base \\
+    python -m bench.lab.quality --seeds 0 1 2 --variant base \\
         --variant "augment:train.augment=translation" --variant "sn:model.spectral_norm=true"
 """
 
@@ -25,15 +25,23 @@ import json
 import multiprocessing
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from vaegan.config import load_config
+from vaegan.data.splits import load_split
+from vaegan.nn.batches import images_to_device
+from vaegan.nn.devices import select_device
+from vaegan.nn.latent_prior import fit_trained_prior
+from vaegan.nn.loop import fit_vaegan
+from vaegan.scoring.core import load_scoring
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORTED = (
     "fid", "fid_floor", "fid_ratio", "fid_standard_prior", "fid_recon", "precision", "recall",
     "sample_class_entropy", "label_consistency",
@@ -59,16 +67,7 @@ class Variant:
 
 def run_job(variant: Variant, seed: int, params: str, base: tuple[str, ...], threads: int) -> dict[str, Any]:
     """Train `variant` with `seed`, fit its prior, score it; the record of one job."""
-    import torch
-
     torch.set_num_threads(threads)
-    from vaegan.config import load_config
-    from vaegan.data.splits import load_split
-    from vaegan.nn.devices import select_device
-    from vaegan.nn.latent_prior import fit_trained_prior
-    from vaegan.nn.loop import fit_vaegan, images_to_device
-    from vaegan.scoring.core import load_scoring
-
     config = load_config(params, [*base, *variant.overrides, f"train.seed={seed}"])
     train_split = load_split(config.data.prepared_dir, "train")
     images = train_split.images[: config.train.limit_train_images or None]
@@ -163,11 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="stop waiting after this many seconds; unfinished jobs are recorded as cut",
     )
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "quality")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "lab" / "results" / "quality")
     args = parser.parse_args(argv)
-    if str(REPO_ROOT / "src") not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT / "src"))  # a checkout without `pip install -e .` (the GPU image)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(variant, seed) for variant in args.variant for seed in args.seeds]
     records: list[dict[str, Any]] = []

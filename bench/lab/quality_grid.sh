@@ -2,12 +2,12 @@
 # The lever screen of the sample-quality issue as run on a lent GPU machine (no DVC/MLflow there):
 # the quick profile (params.yaml) and variants of it, each with the seeds below, 8 jobs at a time.
 # Needs data/prepared and models/evaluator.pt (`dvc repro evaluator`). Results: $1 (default
-# bench/results/quality). On a CPU machine the same comparison is a `dvc exp run --queue` grid.
+# bench/lab/results/quality). On a CPU machine the same comparison is a `dvc exp run --queue` grid.
 set -uo pipefail
-out=${1:-bench/results/quality}
+out=${1:-bench/lab/results/quality}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2
 python=${PYTHON:-python3}
-"$python" -m bench.quality --out "$out" --workers "${WORKERS:-8}" --threads 2 --deadline-s "${DEADLINE_S:-0}" \
+"$python" -m bench.lab.quality --out "$out" --workers "${WORKERS:-8}" --threads 2 --deadline-s "${DEADLINE_S:-0}" \
     --seeds ${SEEDS:-0 1 2} \
     --variant base \
     --variant "translation:train.augment=translation" \

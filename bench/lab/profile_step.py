@@ -1,9 +1,9 @@
-"""Where a training step's time goes: `python -m bench.profile_step --preset default --batch 1024
+"""Where a training step's time goes: `python -m bench.lab.profile_step --preset default --batch 1024
 --impl project_bf16 [--device cuda] [--by-shape] [--out FILE.json]`.
 
-Builds the networks, optimizers and batches exactly as `fit_vaegan` does (the loop's own `Networks`,
-`step_modules`, `Batches`, `step_function`), or with `--impl textbook` the textbook loop's step
-(`bench.training.textbook_step`) on batches already on the device; runs `--warmup` steps, times
+Builds the training step exactly as `fit_vaegan` does (`vaegan.nn.step_builder.build_training_step`:
+the networks, optimizers, batches and step function), or with `--impl textbook` the textbook loop's
+step (`bench.training.textbook_step`) on batches already on the device; runs `--warmup` steps, times
 `--steps` steps without the profiler, then the same number under `torch.profiler`. Prints the
 operators by self time on the device that did the work and writes JSON: wall ms per step, and on
 a GPU the kernel time and kernel count per step; a step whose wall time is far above its kernel
@@ -25,53 +25,39 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from bench.data import real_images
 from bench.device_sync import sync_device
-from bench.training import (
-    PROJECT_VARIANTS,
-    Schedule,
-    apply_backend,
-    textbook_step,
-    variant_config,
-)
+from bench.training import PROJECT_VARIANTS, Schedule, textbook_step, variant_config
+from vaegan.config import Config
+from vaegan.errors import ConfigError
+from vaegan.nn.batches import images_to_device
+from vaegan.nn.devices import select_device
+from vaegan.nn.step_builder import build_training_step
 
 TOP_OPS = 25
 TOP_OPS_BY_SHAPE = 60
 
 
-StepFn = Callable[..., Any]
-NextBatch = Callable[[int], tuple[torch.Tensor, ...]]
+StepFn = Callable[[int], Any]  # runs step i (its batch included)
 
 
-def _project(config: Any, train_images: np.ndarray, device: torch.device) -> tuple[StepFn, NextBatch]:
-    """The loop's own step: its `Networks`, `step_modules`, `Batches` and `step_function`."""
-    from vaegan.nn.devices import autocast_factory
-    from vaegan.nn.distributed import Distributed
-    from vaegan.nn.loop import Batches, Networks, Plan, step_function, step_modules
-
-    ctx = Distributed()
-    plan = Plan.of(config, len(train_images), ctx, {})
-    nets = Networks.build(config, device, None)
-    modules = step_modules(nets, plan, ctx, device)
-    autocast = autocast_factory(device, config.train.precision)
-    batches = Batches.on_device(train_images, plan, nets.model.args.latent_dim, device)
-    return step_function(modules, plan, autocast, None, device, ctx), batches.batch
-
-
-def _textbook(
-    preset: str, batch: int, train_images: np.ndarray, device: torch.device
-) -> tuple[StepFn, NextBatch]:
+def _textbook(preset: str, batch: int, train_images: np.ndarray, device: torch.device) -> StepFn:
     """`bench.training.textbook_step`, fed consecutive batches of the images (no DataLoader: the
     profile is of the step)."""
-    from vaegan.nn.loop import images_to_device
-
     images = images_to_device(train_images, device, channels_last=False)  # the textbook's NCHW floats
     count = len(images) // batch
+    step = textbook_step(preset, device)
 
-    def next_batch(step: int) -> tuple[torch.Tensor, ...]:
-        first = (step % count) * batch
-        return (images[first : first + batch],)
+    def run(index: int) -> Any:
+        first = (index % count) * batch
+        return step(images[first : first + batch])
 
-    return textbook_step(preset, device), next_batch
+    return run
+
+
+def _project(config: Config, train_images: np.ndarray, device: torch.device) -> StepFn:
+    """The loop's own step, built as `fit_vaegan` builds it."""
+    return build_training_step(config=config, train_images=train_images, device=device)
 
 
 def profile_step(
@@ -80,24 +66,21 @@ def profile_step(
 ) -> dict[str, Any]:  # fmt: skip
     """Per-step wall time, device time and the top operators of `impl`'s training step; with
     `by_shape`, one row per operator and input shapes (which layer a convolution is)."""
-    from bench.data import real_images
-
     train_images, source = real_images("train", images)
     if impl == "textbook":  # the reference loop's step, on batches already on the device
-        step_fn, next_batch = _textbook(preset, batch, train_images, device)
+        step_fn = _textbook(preset, batch, train_images, device)
         settings: dict[str, Any] = {"precision": "fp32", "channels_last": False, "data": "on the device"}
     else:
         variant = PROJECT_VARIANTS[impl]
         schedule = Schedule(steps, 2, 1)
         config = variant_config(variant, preset=preset, batch=batch, device=device, schedule=schedule)
-        apply_backend(variant)
-        step_fn, next_batch = _project(config, train_images, device)
+        step_fn = _project(config, train_images, device)
         settings = variant.settings(config)
 
     def run(first: int, count: int) -> float:
         started = time.perf_counter()
         for step in range(first, first + count):
-            step_fn(*next_batch(step))
+            step_fn(step)
         sync_device(device)
         return time.perf_counter() - started
 
@@ -152,9 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
-    from vaegan.errors import ConfigError
-    from vaegan.nn.devices import select_device
-
     try:
         result = profile_step(
             impl=args.impl, preset=args.preset, batch=args.batch, device=select_device(args.device),

@@ -1,5 +1,5 @@
 """Each convolution of a preset alone, forward + backward, against exact reformulations of it:
-`python -m bench.conv_layers [--preset seed] [--rows 128] [--repeats 20] [--out FILE.json]`.
+`python -m bench.lab.conv_layers [--preset seed] [--rows 128] [--repeats 20] [--out FILE.json]`.
 
 The training step's time is mostly convolutions (docs/performance.md), and oneDNN runs the stride-2
 4x4 layers of these networks at a fraction of the rate of the 3x3 stride-1 one. This measures each
@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.device_sync import sync_device
+from vaegan.nn.devices import select_device
+from vaegan.nn.networks import PRESETS
 
 Conv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 GRADS = {"input": ("x",), "weights": ("w", "b"), "both": ("x", "w", "b")}
@@ -115,8 +117,6 @@ class Layer:
 
 def preset_layers(preset: str) -> list[Layer]:
     """The convolutions of `preset`'s three networks (vaegan.nn.networks)."""
-    from vaegan.nn.networks import PRESETS
-
     args = PRESETS[preset]
     c1, c2 = args.channels
     d1, d2, d3 = args.dis_channels
@@ -179,9 +179,6 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vaegan.nn.devices import select_device
-    from vaegan.nn.networks import PRESETS
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="whose layers are timed")
     parser.add_argument("--rows", type=int, default=128, help="images per call (D's fake call: 2 x batch)")
