@@ -150,12 +150,12 @@ def wait_for_starting_runs(names: list[str], timeout_s: float = STARTING_TIMEOUT
     """Wait until no run of these pools is starting (a worker that fetched a run just before the
     pause proposes `Pending` a moment later: look twice); the runs still starting at the timeout."""
     deadline = time.monotonic() + timeout_s
-    quiet_polls = 0
+    starting, quiet_polls = 0, 0
     while time.monotonic() < deadline and quiet_polls < 2:
         time.sleep(POLL_S)
         starting = starting_runs(names)
         quiet_polls = quiet_polls + 1 if starting == 0 else 0
-    return 0 if quiet_polls >= 2 else starting_runs(names)
+    return starting
 
 
 def setup(pools: list[str]) -> None:
