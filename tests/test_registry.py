@@ -39,7 +39,7 @@ from vaegan.nn.onnx_graphs import export_decoder_onnx, export_encoder_onnx
 from vaegan.registry.client import CHALLENGER, CHAMPION
 from vaegan.registry.lock import lock_path_for, registry_lock
 from vaegan.registry.promotion import promote_challenger
-from vaegan.registry.registration import register_models
+from vaegan.registry.registration import register_models, serving_requirements
 from vaegan.registry.verified import champion_metric_tags, champion_pair, load_verified_onnx
 
 DECODER, ENCODER = "vaegan-decoder", "vaegan-encoder"
@@ -174,6 +174,11 @@ def test_register_promote_and_load_back(config: Config, artifacts: Artifacts, ml
         # onnx_sha256 is the hash of the bytes MLflow stored, read straight from the artifact store.
         stored = Path(client.get_model_version_download_uri(name, "1").removeprefix("file://")) / "model.onnx"
         assert tags["onnx_sha256"] == sha256_file(stored)
+        # what serving it needs, pinned to this environment, one ONNX Runtime build
+        requirements = (stored.parent / "requirements.txt").read_text().split()
+        assert requirements == serving_requirements() and len(requirements) == 4
+        assert [r.split("==")[0] for r in requirements[:3]] == ["mlflow", "numpy", "onnx"]
+        assert requirements[3].split("==")[0] in ("onnxruntime", "onnxruntime-gpu")
 
     # the same export and evaluation again (a pipeline re-run that DVC skipped): no new versions
     again = register(config, artifacts, fid=30.0)

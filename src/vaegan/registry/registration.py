@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import importlib.metadata
 import math
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -57,6 +58,10 @@ EXAMPLE_BATCH = 2
 EXAMPLE_SEED = 0
 # Largest difference allowed between the stored artifact's and the exported file's outputs.
 ROUND_TRIP_TOLERANCE = 1e-6
+# What serving a logged graph needs (its requirements.txt); the ONNX Runtime build installed here
+# (onnxruntime or onnxruntime-gpu) is the one named.
+SERVING_PACKAGES = ("mlflow", "numpy", "onnx")
+ONNXRUNTIME_BUILDS = ("onnxruntime-gpu", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,22 @@ def _quiet_onnxruntime() -> Iterator[None]:
         ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings and above
 
 
+def serving_requirements() -> list[str]:
+    """The pinned packages a logged graph needs: stated rather than inferred, because MLflow infers
+    them by loading the model in a fresh Python process (seconds per graph) and then names both ONNX
+    Runtime builds, one of them not installed."""
+    runtime = next(name for name in ONNXRUNTIME_BUILDS if _installed(name))
+    return [f"{name}=={importlib.metadata.version(name)}" for name in (*SERVING_PACKAGES, runtime)]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class _LoggedOnnx:
     model_uri: str
@@ -256,6 +277,7 @@ def _log_onnx(client: MlflowClient, role: str, path: Path, latent_dim: int | Non
             name=role,
             signature=infer_signature(inputs, outputs),
             input_example=inputs,
+            pip_requirements=serving_requirements(),
             save_as_external_data=False,  # one self-contained model.onnx: one file, one sha256
         )
     location = client.get_logged_model(info.model_id).artifact_location if info.model_id else None

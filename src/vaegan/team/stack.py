@@ -28,6 +28,9 @@ POOLS = ("vaegan-cpu", "vaegan-gpu")
 START_TIMEOUT_S = float(os.environ.get("VAEGAN_TEAM_START_TIMEOUT", "300"))
 SERVERS = ("s3", "mlflow", "prefect")
 DATABASES = ("prefect", "mlflow", "mlflow_auth", env.LOCK_DATABASE)
+# MLflow's basic-auth app checks the password hash (scrypt: ~0.25 s of CPU) on every request
+# unless it caches good credentials; a changed or revoked password then works for at most this long.
+AUTH_CACHE_TTL_S = 300
 
 
 def _bin(name: str) -> str:
@@ -218,7 +221,8 @@ class Stack:
             f"database_uri = {self.cluster.url('mlflow_auth', 'postgresql+psycopg2')}\n"
             f"admin_username = {self.credentials.mlflow_user}\n"
             f"admin_password = {self.credentials.mlflow_password}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n",
         )
         return {
             **os.environ,
