@@ -10,8 +10,8 @@ tags it is what `vaegan reproduce` rebuilds the model from and compares against.
 from __future__ import annotations
 
 import contextlib
-import logging
 import importlib.metadata
+import logging
 import math
 import tempfile
 from collections.abc import Iterator, Mapping
