@@ -484,3 +484,17 @@ def test_windows_override_keeps_each_batch_window_size() -> None:
     assert longer.schedules == {64: (16, 24, 1), 256: (4, 24, 1), 1024: (1, 24, 1)}
     with pytest.raises(SystemExit, match="--windows must be at least 1"):
         run._overridden(plan, run.argparse.Namespace(presets=None, batches=None, impls=None, windows=0))
+
+
+def test_the_memorised_codes_bound_samples_next_to_a_training_code() -> None:
+    """`bench.lab.prior_screen`'s bound: every sample is one training code plus noise of the
+    covariance floor, and every code is drawn about equally often."""
+    from bench.lab.prior_screen import memorised_codes
+
+    codes = np.random.default_rng(0).normal(size=(50, 3)) * 10
+    prior = memorised_codes(codes, covariance_floor=1e-4)
+    z = prior(torch.randn(20_000, 3, generator=torch.Generator().manual_seed(1))).double().numpy()
+    nearest = np.linalg.norm(z[:, None, :] - codes[None], axis=2)
+    assert nearest.min(axis=1).max() < 0.1  # within 10 standard deviations (0.01) of a code
+    counts = np.bincount(nearest.argmin(axis=1), minlength=50)
+    assert counts.min() > 0.6 * 400 and counts.max() < 1.4 * 400

@@ -57,10 +57,11 @@ def fitted(spec: PriorSpec, codes: np.ndarray, covariance_floor: float) -> Laten
 
 
 def specs(components: list[int], em_seeds: list[int], default_components: int) -> list[PriorSpec]:
-    rows = [PriorSpec(f"mixture {default_components}, EM seed {s}", "mixture", default_components, s) for s in em_seeds]
-    rows += [PriorSpec(f"mixture {k}", "mixture", k, em_seeds[0]) for k in components if k != default_components]
-    rows.append(PriorSpec("gaussian (full covariance)", "gaussian", 1, em_seeds[0]))
-    rows.append(PriorSpec("the training codes (bound)", "codes", 0, em_seeds[0]))
+    k0, seed0 = default_components, em_seeds[0]
+    rows = [PriorSpec(f"mixture {k0}, EM seed {s}", "mixture", k0, s) for s in em_seeds]
+    rows += [PriorSpec(f"mixture {k}", "mixture", k, seed0) for k in components if k != k0]
+    rows.append(PriorSpec("gaussian (full covariance)", "gaussian", 1, seed0))
+    rows.append(PriorSpec("the training codes (bound)", "codes", 0, seed0))
     return rows
 
 
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file (data, evaluator, evaluate)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     parser.add_argument("--components", type=int, nargs="+", default=[10, 40, 80, 200, 400])
-    parser.add_argument("--em-seeds", type=int, nargs="+", default=[0, 1, 2], help="EM starts of the default mixture")
+    parser.add_argument(
+        "--em-seeds", type=int, nargs="+", default=[0, 1, 2], help="EM starts of the default mixture"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "lab" / "results" / "prior-screen")
     args = parser.parse_args(argv)
@@ -93,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         records.append(record)
         print(
-            f"{spec.name}: FID {record['fid']:.2f} ({record['fid_ratio']:.2f}x floor), recon "
-            f"{record['fid_recon']:.2f}, P {record['precision']:.3f} R {record['recall']:.3f}, fit {fit_s:.1f} s",
+            f"{spec.name}: FID {record['fid']:.2f} ({record['fid_ratio']:.2f}x floor), "
+            f"recon {record['fid_recon']:.2f}, P {record['precision']:.3f} R {record['recall']:.3f}, "
+            f"fit {fit_s:.1f} s",
             flush=True,
         )
     args.out.mkdir(parents=True, exist_ok=True)
