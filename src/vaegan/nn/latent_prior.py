@@ -46,48 +46,51 @@ class MixtureFit:
         return len(self.weights)
 
 
-_CHUNK_BYTES = 64 << 20  # bound on the (components, N, Z) float64 temporaries of one EM pass
+def _products(x: np.ndarray) -> np.ndarray:
+    """x_i x_i^T of every code as its upper triangle: (N, Z(Z+1)/2)."""
+    rows, cols = np.triu_indices(x.shape[1])
+    return x[:, rows] * x[:, cols]
 
 
-def _component_chunks(n: int, dim: int, components: int) -> list[slice]:
-    """Slices of components whose (k, n, dim) float64 temporaries fit in _CHUNK_BYTES."""
-    step = max(1, _CHUNK_BYTES // max(1, n * dim * 8))
-    return [slice(start, min(start + step, components)) for start in range(0, components, step)]
-
-
-def _log_gaussians(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
-    """log N(x_i | mean_k, L_k L_k^T) for every code and component: (N, K), components in batches."""
-    n, dim = x.shape
-    out = np.empty((n, len(means)))
-    inverse_t = np.linalg.inv(chol).transpose(0, 2, 1)  # (K, Z, Z): L_k^-T
+def _log_gaussians(x: np.ndarray, products: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """log N(x_i | mean_k, L_k L_k^T) for every code and component: (N, K). The Mahalanobis term is
+    x^T P x - 2 x^T P m + m^T P m with P = (L L^T)^-1, its first part one matrix product of the
+    codes' outer products (`products`) with every P: a GEMM, not a solve per component."""
+    dim = x.shape[1]
+    inverse = np.linalg.inv(chol)  # (K, Z, Z): L_k^-1
+    precision = inverse.transpose(0, 2, 1) @ inverse  # (K, Z, Z)
+    rows, cols = np.triu_indices(dim)
+    packed = precision[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)  # both off-diagonal halves
+    precision_means = np.einsum("kij,kj->ki", precision, means)  # (K, Z)
+    mahalanobis = (
+        products @ packed.T - 2.0 * (x @ precision_means.T) + np.einsum("ki,ki->k", means, precision_means)
+    )
     log_det = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(1)  # (K,)
-    for part in _component_chunks(n, dim, len(means)):
-        # L^-1 (x - mean) for each component of the batch, as rows: (k, N, Z)
-        solved = np.matmul(x[None], inverse_t[part]) - np.matmul(means[part, None], inverse_t[part])
-        mahalanobis = np.einsum("knz,knz->kn", solved, solved)
-        out[:, part] = -0.5 * (mahalanobis + log_det[part, None] + dim * math.log(2 * math.pi)).T
-    return out
+    return -0.5 * (mahalanobis + log_det + dim * math.log(2 * math.pi))
 
 
 def _covariances(
-    x: np.ndarray, resp: np.ndarray, means: np.ndarray, counts: np.ndarray, reg: float
+    products: np.ndarray, resp: np.ndarray, means: np.ndarray, counts: np.ndarray, reg: float
 ) -> np.ndarray:
-    """The responsibility-weighted covariance of every component plus `reg` on the diagonal: (K, Z, Z)."""
-    n, dim = x.shape
-    cov = np.empty((len(means), dim, dim))
-    for part in _component_chunks(n, dim, len(means)):
-        centred = x[None] - means[part, None]  # (k, N, Z)
-        weighted = centred * resp[:, part].T[:, :, None]
-        cov[part] = np.matmul(weighted.transpose(0, 2, 1), centred) / counts[part, None, None]
-    return cov + reg * np.eye(dim)
+    """The responsibility-weighted covariance of every component plus `reg` on the diagonal:
+    E_k[x x^T] - mean_k mean_k^T from one matrix product of the responsibilities with `products`."""
+    components, dim = means.shape
+    rows, cols = np.triu_indices(dim)
+    second = np.empty((components, dim, dim))
+    packed = (resp.T @ products) / counts[:, None]  # (K, Z(Z+1)/2)
+    second[:, rows, cols] = packed
+    second[:, cols, rows] = packed
+    return second - means[:, :, None] * means[:, None, :] + reg * np.eye(dim)
 
 
 def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding: k distinct codes, each drawn proportionally to its squared distance."""
+    """k-means++ seeding: k distinct codes, each drawn proportionally to its squared distance to the
+    nearest centre drawn before it (kept up to date, not recomputed over every centre)."""
     centres = [x[rng.integers(len(x))]]
+    dist = ((x - centres[0]) ** 2).sum(1)
     for _ in range(1, k):
-        dist = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
         centres.append(x[rng.choice(len(x), p=dist / dist.sum())])
+        dist = np.minimum(dist, ((x - centres[-1]) ** 2).sum(1))
     return np.stack(centres)
 
 
@@ -103,14 +106,15 @@ def fit_mixture(
     means = _kmeans_pp(x, components, rng)
     labels = np.argmin([((x - c) ** 2).sum(1) for c in means], axis=0)
     resp = np.eye(components)[labels]  # (N, K) hard assignment to start
+    products = _products(x)  # (N, Z(Z+1)/2): 37 MiB for 9,000 codes of 32 dimensions
     previous = -np.inf
     log_lik = -np.inf
     for _ in range(iterations):
         counts = resp.sum(0) + 1e-10  # (K,)
         weights = counts / n
         means = (resp.T @ x) / counts[:, None]  # (K, Z)
-        chol = np.linalg.cholesky(_covariances(x, resp, means, counts, reg))  # (K, Z, Z)
-        log_p = _log_gaussians(x, means, chol) + np.log(weights)  # (N, K)
+        chol = np.linalg.cholesky(_covariances(products, resp, means, counts, reg))  # (K, Z, Z)
+        log_p = _log_gaussians(x, products, means, chol) + np.log(weights)  # (N, K)
         top = log_p.max(1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(log_p - top).sum(1))  # (N,)
         resp = np.exp(log_p - log_norm[:, None])
