@@ -86,6 +86,7 @@ def _tiny_config(tmp_path: Path, prepared_dir: Path, **sections: dict) -> Config
             "epochs": 1,
             "batch_size": 32,
             "limit_train_images": 256,
+            "prior_components": 20,  # a mixture for 256 codes
             "device": "cpu",
             "precision": "fp32",  # the bitwise-reproducible path on every CPU (bf16: test_augment)
             "channels_last": False,

@@ -88,6 +88,16 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
         load_config(None, [override])
 
 
+def test_a_test_image_limit_must_leave_k_neighbours() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"evaluate.limit_test_images: 3 must be 0 \(every test image\) or larger than "
+        r"evaluate.precision_recall_k \(3\)",
+    ):
+        load_config(None, ["evaluate.limit_test_images=3"])
+    assert load_config(None, ["evaluate.limit_test_images=4"]).evaluate.limit_test_images == 4
+
+
 def test_precision_recall_k_must_be_below_the_sample_count() -> None:
     # Found 55 s into `vaegan evaluate` before; now before any stage runs.
     with pytest.raises(

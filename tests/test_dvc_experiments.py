@@ -27,7 +27,7 @@ from vaegan.tracking.store import tracking_uri, uri_in_effect
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = {
     "train.epochs": 1, "train.batch_size": 32, "train.limit_train_images": 128, "train.device": "cpu",
-    "train.log_every": 2, "train.checkpoint_every": 100, "model.preset": "seed",
+    "train.log_every": 2, "train.checkpoint_every": 100, "model.preset": "seed", "train.prior_components": 20,
 }  # fmt: skip
 
 

@@ -228,6 +228,20 @@ def test_stage_writes_metrics_report_and_logs_to_mlflow(
     assert "evaluation/report/report.md" in report_artifacts
 
 
+def test_a_test_image_limit_scores_the_first_images_of_the_test_and_floor_splits(
+    tiny_config: TinyConfig, trained_evaluator: Path, small_prepared_dir: Path
+) -> None:
+    config = tiny_config(evaluator={"path": str(trained_evaluator)}, evaluate={"limit_test_images": 300})
+    scoring = core.load_scoring(config)
+    test, floor = load_split(small_prepared_dir, "test"), load_split(small_prepared_dir, core.FLOOR_SPLIT)
+    assert (len(scoring.test), len(scoring.floor)) == (300, 300)
+    assert np.array_equal(scoring.test.images, test.images[:300])
+    assert np.array_equal(scoring.test.labels, test.labels[:300])
+    assert np.array_equal(scoring.floor.images, floor.images[:300])
+    everything = core.load_scoring(tiny_config(evaluator={"path": str(trained_evaluator)}))
+    assert (len(everything.test), len(everything.floor)) == (len(test), len(floor)) == (1000, 1000)
+
+
 def test_stage_without_run_id_creates_an_evaluate_run(
     tmp_path: Path, tiny_config: TinyConfig, trained_evaluator: Path, mlflow_uri: str
 ) -> None:

@@ -61,11 +61,13 @@ TINY_PARAMS: dict[str, Any] = {
     "evaluator.epochs": 1,
     "train.epochs": 1,
     "train.limit_train_images": 512,
+    "train.prior_components": 40,  # a mixture for 512 codes
     "train.batch_size": 64,
     "train.checkpoint_every": 4,
     "train.log_every": 4,
     "train.device": "cpu",
     "evaluate.num_samples": 500,
+    "evaluate.limit_test_images": 1000,
     "evaluate.device": "cpu",
     "registry.max_fid": 1.0e9,  # a 512-image model is far from the production guard
 }
@@ -248,15 +250,20 @@ def test_check_champion_scores_with_the_configured_feature_extractor(in_repo: Pa
             f"evaluate.inception_weights={weights}",
             f"data.prepared_dir={prepared}",
             "evaluate.num_samples=16",
+            "evaluate.limit_test_images=12",
             "evaluate.batch_size=8",
         ],
     )
     report = check_champion(config=config, seed=0, device="cpu")
     assert report.metrics["feature_extractor"] == "inception"
     assert report.metrics["feature_dim"] == FEATURE_DIM == 2048
-    assert [report.metrics[key] for key in ("num_test", "num_floor", "num_samples")] == [16, 16, 16]
+    assert [report.metrics[key] for key in ("num_test", "num_floor", "num_samples")] == [12, 12, 16]
     assert math.isfinite(report.fid)
     assert "promotion FID used lenet features, this one inception: FIDs differ in scale" in report.notes
+    assert (
+        "promotion FID used 1000 test images, this one 12 (evaluate.limit_test_images): FID depends on N"
+        in report.notes
+    )
 
 
 def test_sample_from_the_champion_uri_writes_a_png_grid(in_repo: Path) -> None:

@@ -119,6 +119,7 @@ def test_the_champion_itself_is_not_promoted_again() -> None:
     ("tag", "champion_value", "challenger_value"),
     [
         ("metric.num_samples", "10000", "2000"),
+        ("metric.num_test", "10000", "1000"),
         ("metric.feature_extractor", "lenet", "inception"),
         ("evaluator_sha256", "aaa", "bbb"),
     ],

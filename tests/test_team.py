@@ -130,6 +130,9 @@ def test_up_starts_every_server_bound_to_localhost_with_private_credentials(team
     rows = {line.split()[0]: line for line in status.stdout.splitlines()}
     assert set(rows) == {*SERVERS, "worker-vaegan-cpu-0", "worker-vaegan-gpu-0"}
     assert all(" up (pid " in row for row in rows.values())
+    for worker in ("worker-vaegan-cpu-0", "worker-vaegan-gpu-0"):  # polls every 2 s, not 10
+        environ = Path(f"/proc/{pids(team.state)[worker]}/environ").read_bytes().split(b"\0")
+        assert b"PREFECT_WORKER_QUERY_SECONDS=2" in environ, worker
     for name in ("env", "credentials.json"):
         assert (team.state / name).stat().st_mode & 0o777 == 0o600
     for port in team.ports:  # bound to 127.0.0.1 only

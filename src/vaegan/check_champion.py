@@ -140,6 +140,12 @@ def check_champion(*, config: Config, seed: int, device: str = "auto") -> Champi
             f"promotion FID used {float(recorded_n):.0f} samples, this one {config.evaluate.num_samples}: "
             "FID depends on N"
         )
+    recorded_test = decoder.tags.get("metric.num_test")
+    if recorded_test is not None and float(recorded_test) != report.metrics["num_test"]:
+        report.notes.append(
+            f"promotion FID used {float(recorded_test):.0f} test images, "
+            f"this one {report.metrics['num_test']} (evaluate.limit_test_images): FID depends on N"
+        )
     recorded_features = decoder.tags.get("metric.feature_extractor")
     if recorded_features is not None and recorded_features != config.evaluate.feature_extractor:
         report.notes.append(

@@ -137,7 +137,7 @@ class TrainConfig:
     # standard = N(0, I); gaussian = one full-covariance Gaussian; mixture = prior_components of them.
     # Not in the resume key: fitted after training, from the final weights.
     prior: Literal["standard", "gaussian", "mixture"] = param("mixture", resume=False)
-    prior_components: int = param(80, ge=1, resume=False)
+    prior_components: int = param(400, ge=1, resume=False)
     # Added to each component's covariance diagonal: a floor that keeps a component fitted to few
     # codes from collapsing onto them (1e-4 to 1e-2 measured in docs/training.md).
     prior_covariance_floor: float = param(0.01, gt=0, le=1.0, resume=False)
@@ -148,6 +148,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     num_samples: int = param(10000, ge=2)
+    # > 0: score on the first N test images (and the floor on the first N training images) instead
+    # of the whole splits: a smoke run's setting; FIDs of different N are not comparable.
+    limit_test_images: int = param(0, ge=0)
     seed: int = param(0, ge=0)
     batch_size: int = param(100, ge=1)
     feature_extractor: Literal["lenet", "inception"] = "lenet"
@@ -379,6 +382,12 @@ def _check_cross_field(config: Config) -> None:
         raise ConfigError(
             f"evaluate.precision_recall_k: {evaluate.precision_recall_k} must be smaller than "
             f"evaluate.num_samples ({evaluate.num_samples}): each sample needs k other samples as neighbours"
+        )
+    if 0 < evaluate.limit_test_images <= evaluate.precision_recall_k:
+        raise ConfigError(
+            f"evaluate.limit_test_images: {evaluate.limit_test_images} must be 0 (every test image) or "
+            f"larger than evaluate.precision_recall_k ({evaluate.precision_recall_k}): each test image "
+            "needs k neighbours"
         )
     if config.evaluate.feature_extractor == "inception" and not config.evaluate.inception_weights:
         raise ConfigError(

@@ -29,6 +29,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def head(self, count: int) -> Split:
+        """The first `count` images and labels (all of them when `count` is 0 or at least the length)."""
+        return self if count <= 0 or count >= len(self) else Split(self.images[:count], self.labels[:count])
+
 
 def split_files(prepared_dir: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
     """Paths of a split's image and label arrays."""

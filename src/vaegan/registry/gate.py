@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from vaegan.config import RegistryConfig
 
 # Tags compared to decide whether two FIDs are on the same scale (absent on either side: skipped).
-COMPARABILITY_TAGS = ("metric.num_samples", "metric.feature_extractor", "evaluator_sha256")
+COMPARABILITY_TAGS = ("metric.num_samples", "metric.num_test", "metric.feature_extractor", "evaluator_sha256")
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def champion_checks(challenger: Candidate, champion: Candidate, registry: Regist
         Check(
             "comparable",
             not differ,
-            "evaluated like the champion (samples, features, evaluator)"
+            "evaluated like the champion (samples, test images, features, evaluator)"
             if not differ
             else "FID not comparable with the champion's: " + "; ".join(differ),
         )

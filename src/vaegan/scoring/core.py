@@ -328,8 +328,9 @@ class Scoring:
 
 def load_scoring(config: Config) -> Scoring:
     """The scoring `evaluate.*` describes: the feature extractor `evaluate.feature_extractor`, the
-    evaluator at `evaluator.path`, the test split against the floor split of `data.prepared_dir`,
-    `evaluate.num_samples`, `batch_size`, `precision_recall_k`, on `evaluate.device`."""
+    evaluator at `evaluator.path`, the test split against the floor split of `data.prepared_dir`
+    (their first `evaluate.limit_test_images` when that is set), `evaluate.num_samples`,
+    `batch_size`, `precision_recall_k`, on `evaluate.device`."""
     cfg = config.evaluate
     device = select_device(cfg.device)
     extractor = load_feature_extractor(config, device)
@@ -343,8 +344,8 @@ def load_scoring(config: Config) -> Scoring:
         evaluator=load_evaluator(config.evaluator.path),
         feature_extractor=extractor,
         feature_name=cfg.feature_extractor,
-        test=load_split(prepared, "test"),
-        floor=load_split(prepared, FLOOR_SPLIT),
+        test=load_split(prepared, "test").head(cfg.limit_test_images),
+        floor=load_split(prepared, FLOOR_SPLIT).head(cfg.limit_test_images),
         num_samples=cfg.num_samples,
         batch_size=cfg.batch_size,
         precision_recall_k=cfg.precision_recall_k,

@@ -26,6 +26,9 @@ S3_CHECKSUMS = {
 }
 # flow runs report every 30 s; the zombie automation crashes a run silent for ZOMBIE_AFTER_S
 HEARTBEAT_S = 30
+# a worker asks for scheduled runs every 2 s (Prefect's default 10 s left a worker idle ~5 s
+# between runs on average): one small query per worker, against ~25 s of wait between runs
+WORKER_POLL_S = 2
 # Prefect clients retry for ~4 min (not the default ~1 min) while a server restarts under load, and
 # retry the 500s its API answers while PostgreSQL restarts (the request did not commit)
 PREFECT_RETRIES = {"PREFECT_CLIENT_MAX_RETRIES": "7", "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
@@ -84,8 +87,14 @@ def member_environment(layout: TeamLayout, ports: Ports, credentials: Credential
 
 
 def worker_environment(base: Mapping[str, str], member: Mapping[str, str]) -> dict[str, str]:
-    """A worker's environment: the caller's (PATH, HOME) with the member variables and heartbeats."""
-    return {**base, **member, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
+    """A worker's environment: the caller's (PATH, HOME) with the member variables, heartbeats and
+    its poll interval."""
+    return {
+        **base,
+        **member,
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
+        "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_S),
+    }
 
 
 def write_env_file(layout: TeamLayout, member: Mapping[str, str]) -> None:
