@@ -26,8 +26,8 @@ S3_CHECKSUMS = {
 }
 # flow runs report every 30 s; the zombie automation crashes a run silent for ZOMBIE_AFTER_S
 HEARTBEAT_S = 30
-# a worker asks for scheduled runs every 2 s (Prefect's default 10 s left a worker idle ~5 s
-# between runs on average): one small query per worker, against ~25 s of wait between runs
+# a worker asks for scheduled runs every 2 s: Prefect's default of 10 s left a worker idle 5 s on
+# average between one run's end and the next one's start (docs/performance.md "Team stack")
 WORKER_POLL_S = 2
 # Prefect clients retry for ~4 min (not the default ~1 min) while a server restarts under load, and
 # retry the 500s its API answers while PostgreSQL restarts (the request did not commit)
