@@ -5,7 +5,7 @@ import torch
 
 from vaegan.config import load_config
 from vaegan.scoring import metrics as M
-from vaegan.scoring.core import _real_features, load_scoring
+from vaegan.scoring.core import _fid, _real_features, load_scoring
 
 torch.set_num_threads(2)
 scoring = load_scoring(load_config("params.yaml", []))
@@ -15,7 +15,7 @@ with torch.no_grad():
     test, _ = _real_features(scoring.test, **kw).arrays()
     floor, _ = _real_features(scoring.floor, **kw).arrays()
 precision, recall = M.precision_recall(test, floor, k=3)
-fid = M.frechet_distance(*M.gaussian_statistics(test), *M.gaussian_statistics(floor))
+fid = _fid(test, floor)
 print(
     f"train ({len(floor)}) vs test ({len(test)}):",
     f"precision {precision:.4f}",
