@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaegan.config import load_config
+from vaegan.config import Config, load_config
 from vaegan.data.splits import load_split
 from vaegan.nn.batches import images_to_device
 from vaegan.nn.checkpoint_payload import load_model
 from vaegan.nn.latent_prior import LatentPrior, MixtureFit, encoder_means, fit_prior
+from vaegan.nn.networks import VAEGAN
 from vaegan.scoring.core import load_scoring
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,14 @@ def specs(components: list[int], em_seeds: list[int], default_components: int) -
     return rows
 
 
+def first_stage(checkpoint: str | Path, config: Config) -> tuple[VAEGAN, np.ndarray]:
+    """(the trained model in eval mode, the encoder means (N, Z) of the training split it trained on)."""
+    model = load_model(checkpoint).eval()
+    images = load_split(config.data.prepared_dir, "train").images[: config.train.limit_train_images or None]
+    x = images_to_device(images, torch.device("cpu"), channels_last=False)
+    return model, encoder_means(model.encoder, x)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
     parser.add_argument("--checkpoint", default="models/vaegan.pt", help="the trained model")
@@ -79,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = load_config(args.params, args.overrides)
-    model = load_model(args.checkpoint).eval()
-    images = load_split(config.data.prepared_dir, "train").images[: config.train.limit_train_images or None]
-    codes = encoder_means(model.encoder, images_to_device(images, torch.device("cpu"), channels_last=False))
+    model, codes = first_stage(args.checkpoint, config)
     scoring = load_scoring(config)
     records: list[dict[str, Any]] = []
     for spec in specs(args.components, args.em_seeds, config.train.prior_components):
