@@ -30,7 +30,7 @@ from vaegan.nn.batches import images_to_device
 from vaegan.nn.checkpoint_payload import load_model
 from vaegan.nn.latent_prior import LatentPrior, MixtureFit, encoder_means, fit_prior
 from vaegan.nn.networks import VAEGAN
-from vaegan.scoring.core import load_scoring
+from vaegan.scoring.core import Scoring, load_scoring
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,30 +66,47 @@ def specs(components: list[int], em_seeds: list[int], default_components: int) -
     return rows
 
 
-def first_stage(checkpoint: str | Path, config: Config) -> tuple[VAEGAN, np.ndarray]:
-    """(the trained model in eval mode, the encoder means (N, Z) of the training split it trained on)."""
-    model = load_model(checkpoint).eval()
-    images = load_split(config.data.prepared_dir, "train").images[: config.train.limit_train_images or None]
-    x = images_to_device(images, torch.device("cpu"), channels_last=False)
-    return model, encoder_means(model.encoder, x)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
+def first_stage_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The arguments of a screen of priors on one trained first stage; results under `out`."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", default="models/vaegan.pt", help="the trained model")
     parser.add_argument("--params", default="params.yaml", help="params file (data, evaluator, evaluate)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "lab" / "results" / out)
+    return parser
+
+
+@dataclass
+class FirstStage:
+    """A trained model in eval mode, the encoder means (N, Z) of the training split it trained on,
+    the resolved params and the scoring of `vaegan evaluate`."""
+
+    config: Config
+    model: VAEGAN
+    codes: np.ndarray
+    scoring: Scoring
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> FirstStage:
+        torch.set_num_threads(args.threads)
+        config = load_config(args.params, args.overrides)
+        model = load_model(args.checkpoint).eval()
+        limit = config.train.limit_train_images or None
+        images = load_split(config.data.prepared_dir, "train").images[:limit]
+        x = images_to_device(images, torch.device("cpu"), channels_last=False)
+        return cls(config, model, encoder_means(model.encoder, x), load_scoring(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = first_stage_parser(__doc__.splitlines()[0].replace("`", ""), "prior-screen")
     parser.add_argument("--components", type=int, nargs="+", default=[10, 40, 80, 200, 400])
     parser.add_argument(
         "--em-seeds", type=int, nargs="+", default=[0, 1, 2], help="EM starts of the default mixture"
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "lab" / "results" / "prior-screen")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    config = load_config(args.params, args.overrides)
-    model, codes = first_stage(args.checkpoint, config)
-    scoring = load_scoring(config)
+    stage = FirstStage.load(args)
+    config, model, codes, scoring = stage.config, stage.model, stage.codes, stage.scoring
     records: list[dict[str, Any]] = []
     for spec in specs(args.components, args.em_seeds, config.train.prior_components):
         started = time.perf_counter()

@@ -18,21 +18,17 @@ Writes `<out>/second_stage.json` and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from bench.lab.prior_screen import REPO_ROOT, first_stage
-from vaegan.config import load_config
+from bench.lab.prior_screen import FirstStage, first_stage_parser
 from vaegan.nn.latent_prior import fit_prior
-from vaegan.scoring.core import load_scoring
 
 
 def _mlp(inputs: int, width: int, depth: int, outputs: int) -> nn.Sequential:
@@ -111,10 +107,7 @@ def train_second_stage(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
-    parser.add_argument("--checkpoint", default="models/vaegan.pt", help="the trained first stage")
-    parser.add_argument("--params", default="params.yaml", help="params file (data, evaluator, evaluate)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    parser = first_stage_parser(__doc__.splitlines()[0].replace("`", ""), "second-stage")
     parser.add_argument("--em-seed", type=int, default=0, help="EM start of the reference mixture")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="second-stage training seeds")
     parser.add_argument("--width", type=int, default=512, help="units per hidden layer")
@@ -123,13 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam's peak rate, cosine decay to 0")
     parser.add_argument("--gamma-init", type=float, default=1.0, help="initial decoder variance gamma")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "lab" / "results" / "second-stage")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    config = load_config(args.params, args.overrides)
-    model, codes = first_stage(args.checkpoint, config)
-    scoring = load_scoring(config)
+    stage = FirstStage.load(args)
+    config, model, codes, scoring = stage.config, stage.model, stage.codes, stage.scoring
     components, floor = config.train.prior_components, config.train.prior_covariance_floor
     records: list[dict[str, Any]] = []
 
