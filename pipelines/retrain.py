@@ -54,13 +54,21 @@ from vaegan.tracking.store import tracking_uri
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
 
+def _profile_file(path: Path) -> dict[str, Any]:
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+
+
 def profile_overrides(profile: str) -> dict[str, Any]:
-    """The `section.key -> value` overrides of a profile file under profiles/."""
+    """The `section.key -> value` overrides of a profile: its file under profiles/ and, for every
+    other key some profile sets, the embedded default. A profile is written into params.yaml, so
+    without the defaults `--profile quick` after `--profile long` would keep long's learning rate."""
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
         raise ConfigError(f"--profile: unknown profile {profile!r} (known: {', '.join(known)}, none)")
-    return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    defaults = Config().flat()
+    managed = {key for other in sorted(PROFILES_DIR.glob("*.yaml")) for key in _profile_file(other)}
+    return {**{key: defaults[key] for key in sorted(managed) if key in defaults}, **_profile_file(path)}
 
 
 @task(task_run_name="apply params")
@@ -219,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         default="quick",
-        help="params profile under profiles/ applied before the run (quick | long | full | smoke | none; "
-        "default quick)",
+        help="params profile under profiles/ written into params.yaml before the run: quick (the CPU "
+        "default), long (full's 60 epochs at batch 256 on a CPU), full (GPU), smoke, or none (params.yaml "
+        "as it is). A profile also resets to the embedded default every key another profile sets",
     )
     parser.add_argument(
         "--set",
