@@ -110,8 +110,8 @@ class TrainConfig:
     beta2: float = param(0.999, ge=0, lt=1)
     # Exponential decay of all learning rates per epoch.
     lr_decay: float = param(1.0, gt=0, le=1)
-    # Exponential moving average of the decoder's weights (and BatchNorm statistics), per step; the
-    # final model's decoder is the average. 0 = off.
+    # Exponential moving average of the decoder's weights, per step; the final model's decoder is the
+    # average, its BatchNorm statistics recomputed for its weights at the end. 0 = off.
     ema_decay: float = param(0.0, ge=0, lt=1)
     seed: int = param(0, ge=0)
     # Not in the resume key: resuming on another device continues training, but not bit for bit.

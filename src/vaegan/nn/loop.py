@@ -32,6 +32,7 @@ from vaegan.nn.networks import VAEGAN, Decoder
 from vaegan.nn.plan import Plan
 from vaegan.nn.reporter import Reporter, TrainingObserver
 from vaegan.nn.resume import capture_rng
+from vaegan.nn.standing_statistics import recompute_decoder_statistics
 from vaegan.nn.step_builder import build_training_step
 from vaegan.nn.training_networks import Networks
 from vaegan.nn.validation import Validation
@@ -111,7 +112,7 @@ def fit_vaegan(
                 end_epoch(plan, nets, run, validation, report)
             if run.step % plan.checkpoint_every == 0 and run.step < plan.total_steps:
                 checkpoint(plan, nets, run, report)
-    return finish(plan, nets, run, report, ctx, device)
+    return finish(plan, nets, run, report, ctx, device, step.batches.images)
 
 
 # The named calls of the loop.
@@ -160,12 +161,22 @@ def checkpoint(plan: Plan, nets: Networks, run: LoopState, report: Reporter) -> 
 
 
 def finish(
-    plan: Plan, nets: Networks, run: LoopState, report: Reporter, ctx: Distributed, device: torch.device
+    plan: Plan,
+    nets: Networks,
+    run: LoopState,
+    report: Reporter,
+    ctx: Distributed,
+    device: torch.device,
+    images: torch.Tensor,
 ) -> TrainResult:
-    """Check the ranks agree, compute the metrics, hand over the final checkpoint; the model on CPU."""
+    """Check the ranks agree, give the decoder's moving average BatchNorm statistics of its own
+    weights (`images`: the training images on the device), compute the metrics, hand over the final
+    checkpoint; the model on CPU."""
     report.close()
     run.close_segment()
     run.nonfinite.check(plan.names)
+    if nets.ema is not None:
+        recompute_decoder_statistics(nets.ema.module, nets.model.encoder, images, plan.batch_size, plan.seed)
     divergence = distributed.max_divergence_from_rank0(nets.parts, ctx)
     if divergence != 0.0:
         raise TrainingError(f"DDP ranks ended with different weights (max |difference| {divergence:.3g})")
