@@ -28,9 +28,9 @@ from vaegan.config import load_config
 from vaegan.data.splits import load_split
 from vaegan.nn.batches import images_to_device
 from vaegan.nn.checkpoint_payload import load_model
-from vaegan.nn.networks import VAEGAN, model_args_for
+from vaegan.nn.networks import VAEGAN
 from vaegan.nn.step import LossSettings, Objectives, vaegan_objectives
-from vaegan.nn.training_networks import initial_model
+from vaegan.nn.training_networks import configured_model_args, initial_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ("dec_feature", "dec_pixel", "dec_gan", "enc_feature", "enc_pixel", "enc_kl")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = config.train.limit_train_images or None
     train_images = load_split(config.data.prepared_dir, "train").images[:limit]
     images = images_to_device(train_images, torch.device("cpu"), channels_last=False)
-    model_args = model_args_for(config.model.preset, config.model.latent_dim, config.model.spectral_norm)
+    model_args = configured_model_args(config.model)
     models = [(f"init, seed {s}", initial_model(model_args, s)) for s in args.init_seeds]
     models += [(str(path), load_model(path)) for path in args.checkpoint]
     records = []

@@ -57,6 +57,8 @@ class ModelConfig:
     latent_dim: int | None = param(None, ge=1, le=1024)
     # Spectral normalisation of the discriminator's layers (and no BatchNorm in it).
     spectral_norm: bool = False
+    # Residual blocks at each of the decoder's resolutions (7x7 and 14x14); 0 = the preset's decoder.
+    decoder_blocks: int = param(0, ge=0, le=8)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class ModelArgs(StoredArgs):
     # Spectral normalisation of every discriminator layer (Miyato et al. 2018), and then no
     # BatchNorm in the discriminator: its batch mixes real, reconstructed and generated images.
     dis_spectral_norm: bool = False
+    # Residual blocks (two 3x3 convolutions and a skip) at each of the decoder's resolutions, 7x7
+    # and 14x14: depth for the generator without changing its input, output or the other networks.
+    decoder_blocks: int = 0
 
 
 PRESETS: dict[str, ModelArgs] = {
@@ -62,14 +65,40 @@ PRESETS: dict[str, ModelArgs] = {
 }
 
 
-def model_args_for(preset: str, latent_dim: int | None = None, dis_spectral_norm: bool = False) -> ModelArgs:
-    """The preset's args, with `latent_dim` replaced when given and the discriminator's norm."""
-    args = dataclasses.replace(PRESETS[preset], dis_spectral_norm=dis_spectral_norm)
+def model_args_for(
+    preset: str, latent_dim: int | None = None, dis_spectral_norm: bool = False, decoder_blocks: int = 0
+) -> ModelArgs:
+    """The preset's args, with `latent_dim` replaced when given, the discriminator's norm and the
+    decoder's residual blocks."""
+    args = dataclasses.replace(PRESETS[preset], dis_spectral_norm=dis_spectral_norm, decoder_blocks=decoder_blocks)
     return dataclasses.replace(args, latent_dim=latent_dim) if latent_dim is not None else args
 
 
 def _norm(channels: int, enabled: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if enabled else nn.Identity()
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(norm(conv(x)))) followed by norm and the activation, at constant size (He et al.
+    2016). With the DCGAN initialisation the branch starts near zero, so the block starts near the
+    identity and a deeper decoder starts where the shallow one does."""
+
+    def __init__(self, channels: int, batch_norm: bool) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels, batch_norm),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+        self.out = nn.Sequential(_norm(channels, batch_norm), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x + self.branch(x))
+
+
+def _residual_blocks(count: int, channels: int, batch_norm: bool) -> list[nn.Module]:
+    return [ResidualBlock(channels, batch_norm) for _ in range(count)]
 
 
 class Encoder(nn.Module):
@@ -109,10 +138,13 @@ class Decoder(nn.Module):
             nn.BatchNorm1d(c2 * 7 * 7) if args.batch_norm else nn.Identity(),
             nn.ReLU(),
         )
+        blocks, norm = args.decoder_blocks, args.batch_norm
         self.body = nn.Sequential(
+            *_residual_blocks(blocks, c2, norm),  # (B, c2, 7, 7)
             nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
-            _norm(c1, args.batch_norm),
+            _norm(c1, norm),
             nn.ReLU(),
+            *_residual_blocks(blocks, c1, norm),  # (B, c1, 14, 14)
             nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (B, 1, 28, 28) logits
         )
 

@@ -10,8 +10,13 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from vaegan.config import Config
+from vaegan.config import Config, ModelConfig
 from vaegan.nn.networks import VAEGAN, ModelArgs, build_model, model_args_for
+
+
+def configured_model_args(model: ModelConfig) -> ModelArgs:
+    """The network sizes the `model` section of the params describes."""
+    return model_args_for(model.preset, model.latent_dim, model.spectral_norm, model.decoder_blocks)
 
 
 def initial_model(args: ModelArgs, seed: int) -> VAEGAN:
@@ -74,7 +79,7 @@ class Networks:
     def build(cls, config: Config, device: torch.device, resume: dict[str, Any] | None) -> Networks:
         """Fresh networks for `config`, or those of the `resume` checkpoint, on `device`."""
         train = config.train
-        args = model_args_for(config.model.preset, config.model.latent_dim, config.model.spectral_norm)
+        args = configured_model_args(config.model)
         model = initial_model(args, train.seed)
         optimizers = adam_optimizers(model, config, device)
         schedulers = {
