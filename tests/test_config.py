@@ -95,6 +95,7 @@ def test_a_profile_scales_every_learning_rate_with_its_batch(profile: str) -> No
         ("train.lr=-0.1", "train.lr: -0.1 is out of range (must be > 0)"),
         ("model.latent_dim=0", "model.latent_dim: 0 is out of range (must be >= 1)"),
         ("model.decoder_blocks=-1", "model.decoder_blocks: -1 is out of range (must be >= 0)"),
+        ("model.discriminator_blocks=9", "model.discriminator_blocks: 9 is out of range (must be <= 8)"),
         ("data.dataset=cifar10", "data.dataset: 'cifar10' is not one of 'mnist' | 'fashion-mnist'"),
         ("data.val_fraction=1.5", "data.val_fraction: 1.5 is out of range (must be < 1.0)"),
         ("train.epochs=two", "train.epochs: expected an integer, got 'two'"),

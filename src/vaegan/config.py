@@ -59,6 +59,8 @@ class ModelConfig:
     spectral_norm: bool = False
     # Residual blocks at each of the decoder's resolutions (7x7 and 14x14); 0 = the preset's decoder.
     decoder_blocks: int = param(0, ge=0, le=8)
+    # The same in the discriminator's trunk (14x14 and 7x7, before Dis_l); 0 = the preset's.
+    discriminator_blocks: int = param(0, ge=0, le=8)
 
 
 @dataclass(frozen=True)

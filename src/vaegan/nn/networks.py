@@ -41,6 +41,8 @@ class ModelArgs(StoredArgs):
     # Residual blocks (two 3x3 convolutions and a skip) at each of the decoder's resolutions, 7x7
     # and 14x14: depth for the generator without changing its input, output or the other networks.
     decoder_blocks: int = 0
+    # The same in the discriminator's trunk (14x14 and 7x7, before Dis_l), with its LeakyReLU.
+    discriminator_blocks: int = 0
 
 
 PRESETS: dict[str, ModelArgs] = {
@@ -66,11 +68,20 @@ PRESETS: dict[str, ModelArgs] = {
 
 
 def model_args_for(
-    preset: str, latent_dim: int | None = None, dis_spectral_norm: bool = False, decoder_blocks: int = 0
+    preset: str,
+    latent_dim: int | None = None,
+    dis_spectral_norm: bool = False,
+    decoder_blocks: int = 0,
+    discriminator_blocks: int = 0,
 ) -> ModelArgs:
     """The preset's args, with `latent_dim` replaced when given, the discriminator's norm and the
-    decoder's residual blocks."""
-    args = dataclasses.replace(PRESETS[preset], dis_spectral_norm=dis_spectral_norm, decoder_blocks=decoder_blocks)
+    residual blocks of the decoder and the discriminator."""
+    args = dataclasses.replace(
+        PRESETS[preset],
+        dis_spectral_norm=dis_spectral_norm,
+        decoder_blocks=decoder_blocks,
+        discriminator_blocks=discriminator_blocks,
+    )
     return dataclasses.replace(args, latent_dim=latent_dim) if latent_dim is not None else args
 
 
@@ -83,22 +94,26 @@ class ResidualBlock(nn.Module):
     2016). With the DCGAN initialisation the branch starts near zero, so the block starts near the
     identity and a deeper decoder starts where the shallow one does."""
 
-    def __init__(self, channels: int, batch_norm: bool) -> None:
+    def __init__(self, channels: int, batch_norm: bool, slope: float = 0.0) -> None:
         super().__init__()
         self.branch = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
             _norm(channels, batch_norm),
-            nn.ReLU(),
+            _relu(slope),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
-        self.out = nn.Sequential(_norm(channels, batch_norm), nn.ReLU())
+        self.out = nn.Sequential(_norm(channels, batch_norm), _relu(slope))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(x + self.branch(x))
 
 
-def _residual_blocks(count: int, channels: int, batch_norm: bool) -> list[nn.Module]:
-    return [ResidualBlock(channels, batch_norm) for _ in range(count)]
+def _relu(slope: float) -> nn.Module:
+    return nn.LeakyReLU(slope) if slope else nn.ReLU()
+
+
+def _residual_blocks(count: int, channels: int, batch_norm: bool, slope: float = 0.0) -> list[nn.Module]:
+    return [ResidualBlock(channels, batch_norm, slope) for _ in range(count)]
 
 
 class Encoder(nn.Module):
@@ -163,12 +178,15 @@ class Discriminator(nn.Module):
         super().__init__()
         c1, c2, c3 = args.dis_channels
         batch_norm = args.batch_norm and not args.dis_spectral_norm
+        blocks = args.discriminator_blocks
         self.trunk = nn.Sequential(
             nn.Conv2d(1, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
             nn.LeakyReLU(0.2),
+            *_residual_blocks(blocks, c1, batch_norm, slope=0.2),
             nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, 7, 7)
             _norm(c2, batch_norm),
             nn.LeakyReLU(0.2),
+            *_residual_blocks(blocks, c2, batch_norm, slope=0.2),
         )
         # Dis_l: the layer whose activations define the learned similarity metric.
         self.features = nn.Conv2d(c2, c3, 3, stride=1, padding=1)  # (B, c3, 7, 7)

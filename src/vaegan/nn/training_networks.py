@@ -16,7 +16,9 @@ from vaegan.nn.networks import VAEGAN, ModelArgs, build_model, model_args_for
 
 def configured_model_args(model: ModelConfig) -> ModelArgs:
     """The network sizes the `model` section of the params describes."""
-    return model_args_for(model.preset, model.latent_dim, model.spectral_norm, model.decoder_blocks)
+    return model_args_for(
+        model.preset, model.latent_dim, model.spectral_norm, model.decoder_blocks, model.discriminator_blocks
+    )
 
 
 def initial_model(args: ModelArgs, seed: int) -> VAEGAN:

@@ -1,6 +1,7 @@
-"""`model.decoder_blocks`: residual blocks in the decoder at 7x7 and 14x14, a layout that older
-checkpoints still load into when it is 0, and a trained deeper decoder that round-trips through the
-checkpoint and the exported generator graph."""
+"""`model.decoder_blocks` and `model.discriminator_blocks`: residual blocks at both resolutions of
+the decoder and of the discriminator's trunk, layouts that older checkpoints still load into when
+they are 0, and a trained deeper model that round-trips through the checkpoint and the exported
+generator graph."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ SHALLOW_DECODER_KEYS = [
     "body.1.weight", "body.1.bias", "body.1.running_mean", "body.1.running_var", "body.1.num_batches_tracked",
     "body.3.weight", "body.3.bias",
 ]  # fmt: skip
+SHALLOW_DISCRIMINATOR_KEYS = [
+    "trunk.0.weight", "trunk.0.bias",
+    "trunk.2.weight", "trunk.2.bias",
+    "trunk.3.weight", "trunk.3.bias", "trunk.3.running_mean", "trunk.3.running_var",
+    "trunk.3.num_batches_tracked",
+    "features.weight", "features.bias",
+    "head.0.weight", "head.0.bias", "head.0.running_mean", "head.0.running_var", "head.0.num_batches_tracked",
+    "head.3.weight", "head.3.bias",
+    "head.5.weight", "head.5.bias",
+]  # fmt: skip
 
 
 def _blocks(module: torch.nn.Module) -> list[ResidualBlock]:
@@ -43,31 +54,59 @@ def test_blocks_sit_at_both_resolutions_and_keep_the_decoders_shapes() -> None:
     assert blocks[0](hidden).shape == (5, 128, 7, 7)
     assert model.decoder(z).shape == (5, 1, 28, 28)
     shallow = build_model(model_args_for("default"))
-    extra = sum(p.numel() for p in model.decoder.parameters()) - sum(p.numel() for p in shallow.decoder.parameters())
+    extra = sum(p.numel() for p in model.decoder.parameters()) - sum(
+        p.numel() for p in shallow.decoder.parameters()
+    )
     per_block = {c: 2 * (9 * c * c + c) + 4 * c for c in (128, 64)}  # two convs, two BatchNorms
     assert extra == 2 * (per_block[128] + per_block[64])
 
 
-def test_without_blocks_the_decoder_has_the_layout_of_older_checkpoints() -> None:
-    assert list(build_model(model_args_for("default")).decoder.state_dict()) == SHALLOW_DECODER_KEYS
+def test_discriminator_blocks_sit_in_its_trunk_before_dis_l() -> None:
+    model = build_model(model_args_for("default", discriminator_blocks=1))
+    blocks = _blocks(model.discriminator)
+    assert [block.branch[0].in_channels for block in blocks] == [64, 128]
+    assert all(isinstance(block.out[1], torch.nn.LeakyReLU) for block in blocks)
+    assert _blocks(model.decoder) == [] and _blocks(model.encoder) == []
+    logit, features = model.discriminator(torch.rand(5, 1, 28, 28))
+    assert logit.shape == (5,) and features.shape == (5, 128, 7, 7)
+
+    normalised = build_model(model_args_for("default", dis_spectral_norm=True, discriminator_blocks=1))
+    convs = [
+        m
+        for block in _blocks(normalised.discriminator)
+        for m in block.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    assert len(convs) == 4 and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in normalised.discriminator.modules())
+
+
+def test_without_blocks_the_networks_have_the_layout_of_older_checkpoints() -> None:
+    model = build_model(model_args_for("default"))
+    assert list(model.decoder.state_dict()) == SHALLOW_DECODER_KEYS
+    assert list(model.discriminator.state_dict()) == SHALLOW_DISCRIMINATOR_KEYS
     stored = PRESETS["default"].to_dict()
-    del stored["decoder_blocks"]  # written before the field existed
+    del stored["decoder_blocks"], stored["discriminator_blocks"]  # written before the fields existed
     assert ModelArgs.from_dict(stored) == PRESETS["default"]
-    assert PRESETS["default"].decoder_blocks == 0
+    assert PRESETS["default"].decoder_blocks == PRESETS["default"].discriminator_blocks == 0
 
 
 def test_a_trained_deeper_decoder_round_trips_through_checkpoint_and_onnx(
     tmp_path: Path, tiny_config: TinyConfig, mlflow_uri: str
 ) -> None:
-    config = tiny_config(root=tmp_path, model={"preset": "default", "decoder_blocks": 1})
+    config = tiny_config(
+        root=tmp_path, model={"preset": "default", "decoder_blocks": 1, "discriminator_blocks": 1}
+    )
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(config.to_dict()))
     assert main(["train", "--params", str(params)]) == 0
 
     model = load_model(config.train.model_path).eval()
-    assert model.args.decoder_blocks == 1 and len(_blocks(model.decoder)) == 2
-    block_weight = _blocks(model.decoder)[1].branch[0].weight
-    assert block_weight.abs().max() > 0.02 * 4  # trained away from the N(0, 0.02) start
+    assert model.args.decoder_blocks == model.args.discriminator_blocks == 1
+    assert len(_blocks(model.decoder)) == len(_blocks(model.discriminator)) == 2
+    for network in (model.decoder, model.discriminator):
+        block_weight = _blocks(network)[1].branch[0].weight
+        assert block_weight.abs().max() > 0.02 * 4  # trained away from the N(0, 0.02) start
     result = export_model(
         model=model, out_dir=tmp_path / "onnx", opset=18, tolerance=1e-4,
         batch_sizes=(1, 7), device="cpu", seed=0, latency_reps=1,
