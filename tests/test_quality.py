@@ -56,7 +56,10 @@ def test_quick_profile_prior_samples_beat_the_baseline_and_the_standard_prior(tm
     # measured with 400 components on a 2-core AMD EPYC with AVX512-BF16 (docs/training.md)
     assert m["fid"] <= 0.3 * base["fid"]  # 0.22 on seed 0 (0.19-0.28 over 5 seeds with 80 components)
     assert m["fid"] <= 0.1 * m["fid_standard_prior"]  # 0.037
-    assert m["fid"] <= 5 * m["fid_floor"]  # 3.09 / 2.83 / 3.44x on seeds 0 / 1 / 2
-    assert m["precision"] >= 0.78 and m["recall"] >= 0.6  # 0.82-0.83 and 0.75-0.78
+    # 3.09 / 2.83 / 3.44x on seeds 0 / 1 / 2 in bf16, 2.86-2.91x in fp32 (5x before the 400 components)
+    assert m["fid"] <= 4.5 * m["fid_floor"]
+    # 0.82-0.83 and 0.75-0.78 in bf16 and fp32; a discriminator that trades recall for precision
+    # (0.87 and 0.65 with `model.discriminator_blocks: 1`) fails the recall bound
+    assert m["precision"] >= 0.78 and m["recall"] >= 0.7
     assert m["sample_class_entropy"] >= 0.95 * math.log(10)
     assert m["label_consistency"] >= 0.96  # measured 0.977-0.979
