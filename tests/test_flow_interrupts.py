@@ -165,8 +165,7 @@ def test_one_ctrl_c_stops_the_stage_restores_stops_the_server_and_exits_130(
     sent = time.monotonic()
     os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C: every process of the foreground group
     code = run.wait(timeout_s=120)
-    from_signal = run.output[run.output.find("Running stage 'train'") :]
-    assert code == 130, f"{from_signal[:3000]}\n[...]\n{from_signal[-3000:]}"  # from the signal, the end
+    assert code == 130, run.output[run.output.find("Running stage 'train'") :][:6000]  # from the signal on
     assert time.monotonic() - sent < 30
     assert run.output.rstrip().endswith("retrain: interrupted")
     assert "run interrupted: the workspace is as before this run" in run.output

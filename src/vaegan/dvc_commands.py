@@ -24,7 +24,7 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
-from vaegan import interrupts, process_group
+from vaegan import process_group
 from vaegan.artifacts.atomic_io import write_text
 from vaegan.config import load_config
 from vaegan.errors import ConfigError, VaeganError
@@ -118,10 +118,7 @@ def run_dvc(
             lines.append(line)
             if on_line is not None:
                 on_line(line.rstrip("\n"))
-            interrupts.raise_if_requested()  # a Ctrl-C lost on the way stops the stage here
-        code = process.wait()
-        interrupts.raise_if_requested()
-        return code, "".join(lines)
+        return process.wait(), "".join(lines)
     finally:
         if process.poll() is None:
             process_group.stop(process)

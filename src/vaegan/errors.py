@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from vaegan import interrupts
-
 INTERRUPTED = 130  # 128 + SIGINT
 
 
@@ -60,10 +58,9 @@ def first_line(exc: BaseException) -> str:
 def run_command(prog: str, body: Callable[[], int]) -> int:
     """Run a command's `body` (a flow's, `vaegan.team`'s); a `VaeganError` becomes its message on
     stderr (one line, or the failed stage's error lines) and its exit code, Ctrl-C exit 130 (the
-    shell's code for SIGINT; `vaegan.interrupts` makes sure a stage's wait does not lose it)."""
+    shell's code for SIGINT)."""
     try:
-        with interrupts.recorded():
-            return body()
+        return body()
     except VaeganError as exc:
         message = str(exc).strip() or first_line(exc)
         print(f"{prog}: error: {message}", file=sys.stderr)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from dvc.repo import Repo
 
-from vaegan import interrupts
 from vaegan.artifacts.atomic_io import atomic_directory, read_json_object, write_bytes, write_json
 from vaegan.dvc_commands import StageFailed, run_dvc
 
@@ -109,7 +108,6 @@ class WorkspaceSnapshot:
 @contextlib.contextmanager
 def _ctrl_c_deferred(on_line: Callable[[str], None] | None) -> Iterator[None]:
     """Ctrl-C does not stop the `with` body (it says so); run in the main thread, else a no-op."""
-    interrupts.forget()  # the Ctrl-C that ended the run, if one did, is handled by restoring
     if threading.current_thread() is not threading.main_thread():
         yield
         return
