@@ -18,24 +18,29 @@ from vaegan.nn.checkpoint_payload import load_model
 from vaegan.nn.networks import PRESETS, ModelArgs, ResidualBlock, build_model, model_args_for
 from vaegan.nn.onnx_graphs import export_model
 
-# The decoder's parameters and buffers before residual blocks existed (what older checkpoints hold).
+
+def _layer(name: str) -> list[str]:
+    return [f"{name}.weight", f"{name}.bias"]
+
+
+def _batch_norm(name: str) -> list[str]:
+    return [
+        *_layer(name),
+        *(f"{name}.{buffer}" for buffer in ("running_mean", "running_var", "num_batches_tracked")),
+    ]
+
+
+# The parameters and buffers before residual blocks existed (what older checkpoints hold).
 SHALLOW_DECODER_KEYS = [
-    "project.0.weight", "project.0.bias",
-    "project.1.weight", "project.1.bias", "project.1.running_mean", "project.1.running_var",
-    "project.1.num_batches_tracked",
-    "body.0.weight", "body.0.bias",
-    "body.1.weight", "body.1.bias", "body.1.running_mean", "body.1.running_var", "body.1.num_batches_tracked",
-    "body.3.weight", "body.3.bias",
-]  # fmt: skip
+    *_layer("project.0"),
+    *_batch_norm("project.1"),
+    *_layer("body.0"),
+    *_batch_norm("body.1"),
+    *_layer("body.3"),
+]
 SHALLOW_DISCRIMINATOR_KEYS = [
-    "trunk.0.weight", "trunk.0.bias",
-    "trunk.2.weight", "trunk.2.bias",
-    "trunk.3.weight", "trunk.3.bias", "trunk.3.running_mean", "trunk.3.running_var",
-    "trunk.3.num_batches_tracked",
-    "features.weight", "features.bias",
-    "head.0.weight", "head.0.bias", "head.0.running_mean", "head.0.running_var", "head.0.num_batches_tracked",
-    "head.3.weight", "head.3.bias",
-    "head.5.weight", "head.5.bias",
+    *_layer("trunk.0"), *_layer("trunk.2"), *_batch_norm("trunk.3"), *_layer("features"),
+    *_batch_norm("head.0"), *_layer("head.3"), *_layer("head.5"),
 ]  # fmt: skip
 
 
